@@ -1,0 +1,5 @@
+import sys
+
+from tempsamp.cli import main
+
+sys.exit(main())
