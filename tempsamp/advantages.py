@@ -1,0 +1,119 @@
+"""Group advantages with an off-policy (ground-truth) sample: the heart of TempSamp-R1.
+
+Rewards come as [groups, G] with a boolean mask of the same shape marking off-policy rows (by
+flag, never by position). Every strategy below is a few lines of tensor code over whole batches.
+
+Normalisation: A = (r - mean) / (std + eps) with the *population* std (the paper's formula
+std(r_1..r_G), which makes the normalised group exactly zero-mean and unit-variance); ``std="sample"``
+gives the unbiased std that TRL and DeepSeekMath's code use. eps = 1e-6. A group (or, for anchoring,
+an on-policy subgroup) whose rewards are all equal gets advantages of exactly 0, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+STRATEGIES = ("grpo", "mixed", "reward_scaling", "anchor", "shaping", "shaping+anchor")
+
+
+def shape_rewards(r, tau: float = 0.8, alpha1: float = 0.01, alpha2: float = 1.0) -> torch.Tensor:
+    """The paper's non-linear soft shaping, applied element-wise.
+
+        r~ = tau + alpha1 * ln((r - tau) + 1)                           if r >= tau
+        r~ = tau - (exp(alpha2 * (tau - r)) - 1) / (exp(alpha2) - 1)    if r < tau
+
+    It compresses the high region (the ground truth stops dominating the group statistics) and
+    stretches the low region (poor samples become distinguishable). Continuous and increasing;
+    with the defaults r~(1) = 0.8018, r~(0.8) = 0.8, r~(0) = 0.0867.
+    """
+    r = torch.as_tensor(r, dtype=torch.float64)
+    high = tau + alpha1 * torch.log1p(torch.clamp(r - tau, min=0.0))
+    low = tau - torch.expm1(alpha2 * torch.clamp(tau - r, min=0.0)) / math.expm1(alpha2)
+    return torch.where(r >= tau, high, low)
+
+
+def _normalise(r: torch.Tensor, mask: torch.Tensor, std: str, eps: float) -> torch.Tensor:
+    """(r - mean) / (std + eps) over the entries of each row where ``mask`` is True; 0 elsewhere."""
+    n = mask.sum(-1, keepdim=True)
+    mean = (r * mask).sum(-1, keepdim=True) / n.clamp(min=1)
+    sq = (((r - mean) * mask) ** 2).sum(-1, keepdim=True)
+    dof = (n - 1) if std == "sample" else n
+    sd = torch.sqrt(sq / dof.clamp(min=1))
+    big = torch.finfo(r.dtype).max
+    spread = torch.where(mask, r, -big).amax(-1, keepdim=True) - torch.where(mask, r, big).amin(-1, keepdim=True)
+    adv = (r - mean) / (sd + eps)
+    return torch.where(mask & (spread > 0), adv, torch.zeros_like(adv))
+
+
+def group_advantages(
+    rewards,
+    offpolicy,
+    strategy: str = "shaping",
+    *,
+    std: str = "population",
+    eps: float = 1e-6,
+    lambda_off: float = 1.2,
+    offpolicy_scale: float = 0.8,
+    tau: float = 0.8,
+    alpha1: float = 0.01,
+    alpha2: float = 1.0,
+) -> torch.Tensor:
+    """Advantages [groups, G] (float64) for rewards [groups, G] and an off-policy mask [groups, G].
+
+    Strategies (the paper's ablation rows):
+      grpo            no off-policy row allowed; joint normalisation (plain GRPO).
+      mixed           the GT row joins the group; plain joint normalisation. The biased baseline:
+                      the GT's reward inflates the mean, so even good on-policy samples go negative.
+      reward_scaling  the off-policy reward is multiplied by ``offpolicy_scale`` (default 0.8)
+                      before joint normalisation. The paper names this variant without a formula;
+                      this is the project's reading (docs/decisions.md): shrink the GT's reward so
+                      it dominates the group statistics less, keep everything else as in ``mixed``.
+      anchor          on-policy advantages are normalised among on-policy rows only; the
+                      off-policy row gets A_G = lambda_off * max(on-policy advantages),
+                      lambda_off = 1.2. (Literal paper rule: if every on-policy reward is equal,
+                      the max is 0 and so is A_G.)
+      shaping         ``shape_rewards`` on every reward, then joint normalisation.
+      shaping+anchor  ``shape_rewards``, then ``anchor``.
+    """
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    off = torch.as_tensor(offpolicy, dtype=torch.bool, device=r.device)
+    if r.ndim != 2 or off.shape != r.shape:
+        raise ValueError(f"rewards and offpolicy must both be [groups, G]; got {tuple(r.shape)} and {tuple(off.shape)}")
+    if not torch.isfinite(r).all():
+        raise ValueError("rewards contain NaN or inf; replace them (and count them) before computing advantages")
+    if std not in ("population", "sample"):
+        raise ValueError(f"std must be 'population' or 'sample', not {std!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    # A group whose raw rewards are all equal carries no signal under any strategy: exact zeros
+    # (reward scaling would otherwise turn a tie into a penalty for the GT row).
+    tied = (r.amax(-1, keepdim=True) == r.amin(-1, keepdim=True))
+    return torch.where(tied, torch.zeros_like(r), _by_strategy(
+        r, off, strategy, std=std, eps=eps, lambda_off=lambda_off, offpolicy_scale=offpolicy_scale,
+        tau=tau, alpha1=alpha1, alpha2=alpha2,
+    ))
+
+
+def _by_strategy(r, off, strategy, *, std, eps, lambda_off, offpolicy_scale, tau, alpha1, alpha2) -> torch.Tensor:
+    everyone = torch.ones_like(off)
+
+    if strategy == "grpo":
+        if off.any():
+            raise ValueError("strategy 'grpo' takes on-policy groups only, but the off-policy mask has True entries")
+        return _normalise(r, everyone, std, eps)
+    if strategy == "mixed":
+        return _normalise(r, everyone, std, eps)
+    if strategy == "reward_scaling":
+        return _normalise(torch.where(off, r * offpolicy_scale, r), everyone, std, eps)
+    if strategy.startswith("shaping"):
+        r = shape_rewards(r, tau, alpha1, alpha2)
+        if strategy == "shaping":
+            return _normalise(r, everyone, std, eps)
+    # anchor / shaping+anchor
+    on = ~off
+    adv = _normalise(r, on, std, eps)
+    best_on = torch.where(on, adv, torch.full_like(adv, -torch.inf)).amax(-1, keepdim=True)
+    best_on = torch.where(torch.isfinite(best_on), best_on, torch.zeros_like(best_on))  # group without on-policy rows
+    return torch.where(off, lambda_off * best_on, adv)

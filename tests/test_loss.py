@@ -1,0 +1,77 @@
+"""The clipped GRPO loss with k3 KL."""
+
+import pytest
+import torch
+
+from tempsamp import grpo_loss
+
+
+def test_on_policy_loss_gradient_is_advantage_weighted_likelihood():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.ones(2, 2)
+    loss, stats = grpo_loss(logp, adv, mask, beta=0.0)
+    loss.backward()
+    # rho = 1 -> d loss / d logp_t = -A / n_tokens
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, -0.5], [0.25, 0.25]]))
+    assert stats.clip_fraction == 0.0 and stats.ratio_min == stats.ratio_max == 1.0
+
+
+def test_clipping_hand_computed():
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([1.0])
+    loss, stats = grpo_loss(logp, adv, torch.ones(1, 2), old_logp=old, beta=0.0, clip_eps=0.2)
+    # positive advantage: min(1.5, 1.2) = 1.2 and min(0.5, 0.8) = 0.5
+    assert float(loss) == pytest.approx(-(1.2 + 0.5) / 2)
+    assert stats.clip_fraction == pytest.approx(0.5)
+    assert stats.ratio_max == pytest.approx(1.5) and stats.ratio_min == pytest.approx(0.5)
+    loss_hi, _ = grpo_loss(logp, adv, torch.ones(1, 2), old_logp=old, beta=0.0, clip_eps=0.2, clip_eps_high=0.28)
+    assert float(loss_hi) == pytest.approx(-(1.28 + 0.5) / 2)
+
+
+def test_k3_kl_value_and_zero_at_reference():
+    logp = torch.tensor([[-1.0, -1.0]])
+    ref = torch.tensor([[-1.0, -2.0]])
+    loss, stats = grpo_loss(logp, torch.zeros(1), torch.ones(1, 2), ref_logp=ref, beta=0.5)
+    d = -1.0
+    k3 = torch.exp(torch.tensor(d)) - d - 1
+    assert stats.kl == pytest.approx(float(k3) / 2)
+    assert float(loss) == pytest.approx(0.5 * float(k3) / 2)
+
+
+def test_mask_excludes_padding():
+    logp = torch.tensor([[-1.0, 99.0]], requires_grad=True)
+    loss, stats = grpo_loss(logp, torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]), beta=0.0)
+    loss.backward()
+    assert logp.grad[0, 1] == 0 and stats.tokens == 1
+
+
+def test_token_mean_vs_sequence_mean():
+    logp = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    adv = torch.tensor([1.0, 1.0])
+    token, _ = grpo_loss(logp, adv, mask, beta=0.0)
+    (g_tok,) = torch.autograd.grad(token, logp)
+    seq, _ = grpo_loss(logp, adv, mask, beta=0.0, aggregation="sequence_mean")
+    (g_seq,) = torch.autograd.grad(seq, logp)
+    assert g_tok[0, 0] == g_tok[1, 0] == pytest.approx(-1 / 5)
+    assert g_seq[0, 0] == pytest.approx(-1 / 8) and g_seq[1, 0] == pytest.approx(-1 / 2)
+
+
+def test_normalizer_makes_accumulation_equal_one_batch():
+    logp = torch.randn(4, 3, requires_grad=True)
+    adv = torch.randn(4)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    full, _ = grpo_loss(logp, adv, mask, beta=0.0)
+    (g_full,) = torch.autograd.grad(full, logp)
+    n = mask.sum()
+    a, _ = grpo_loss(logp[:2], adv[:2], mask[:2], beta=0.0, normalizer=n)
+    b, _ = grpo_loss(logp[2:], adv[2:], mask[2:], beta=0.0, normalizer=n)
+    (g_acc,) = torch.autograd.grad(a + b, logp)
+    torch.testing.assert_close(g_acc, g_full)
+
+
+def test_unknown_aggregation_is_refused():
+    with pytest.raises(ValueError, match="aggregation"):
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), aggregation="sum")
