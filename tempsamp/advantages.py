@@ -52,6 +52,7 @@ def group_advantages(
     offpolicy,
     strategy: str = "shaping",
     *,
+    bonus=None,
     std: str = "population",
     eps: float = 1e-6,
     lambda_off: float = 1.2,
@@ -76,6 +77,10 @@ def group_advantages(
                       the max is 0 and so is A_G.)
       shaping         ``shape_rewards`` on every reward, then joint normalisation.
       shaping+anchor  ``shape_rewards``, then ``anchor``.
+
+    bonus: optional [groups, G] rewards added *after* shaping/scaling (the CoT stage's format
+      reward): shaping's tau = 0.8 is a point on the [0, 1] task-reward scale, so the task reward is
+      shaped alone and the format reward joins it unshaped.
     """
     r = torch.as_tensor(rewards, dtype=torch.float64)
     off = torch.as_tensor(offpolicy, dtype=torch.bool, device=r.device)
@@ -83,35 +88,40 @@ def group_advantages(
         raise ValueError(f"rewards and offpolicy must both be [groups, G]; got {tuple(r.shape)} and {tuple(off.shape)}")
     if not torch.isfinite(r).all():
         raise ValueError("rewards contain NaN or inf; replace them (and count them) before computing advantages")
+    extra = torch.zeros_like(r) if bonus is None else torch.as_tensor(bonus, dtype=torch.float64, device=r.device)
+    if extra.shape != r.shape or not torch.isfinite(extra).all():
+        raise ValueError("bonus must be a finite [groups, G] tensor like rewards")
     if std not in ("population", "sample"):
         raise ValueError(f"std must be 'population' or 'sample', not {std!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     # A group whose raw rewards are all equal carries no signal under any strategy: exact zeros
     # (reward scaling would otherwise turn a tie into a penalty for the GT row).
-    tied = (r.amax(-1, keepdim=True) == r.amin(-1, keepdim=True))
+    total = r + extra
+    tied = total.amax(-1, keepdim=True) == total.amin(-1, keepdim=True)
     return torch.where(tied, torch.zeros_like(r), _by_strategy(
-        r, off, strategy, std=std, eps=eps, lambda_off=lambda_off, offpolicy_scale=offpolicy_scale,
+        r, extra, off, strategy, std=std, eps=eps, lambda_off=lambda_off, offpolicy_scale=offpolicy_scale,
         tau=tau, alpha1=alpha1, alpha2=alpha2,
     ))
 
 
-def _by_strategy(r, off, strategy, *, std, eps, lambda_off, offpolicy_scale, tau, alpha1, alpha2) -> torch.Tensor:
+def _by_strategy(r, extra, off, strategy, *, std, eps, lambda_off, offpolicy_scale, tau, alpha1, alpha2) -> torch.Tensor:
     everyone = torch.ones_like(off)
 
     if strategy == "grpo":
         if off.any():
             raise ValueError("strategy 'grpo' takes on-policy groups only, but the off-policy mask has True entries")
-        return _normalise(r, everyone, std, eps)
+        return _normalise(r + extra, everyone, std, eps)
     if strategy == "mixed":
-        return _normalise(r, everyone, std, eps)
+        return _normalise(r + extra, everyone, std, eps)
     if strategy == "reward_scaling":
-        return _normalise(torch.where(off, r * offpolicy_scale, r), everyone, std, eps)
+        return _normalise(torch.where(off, r * offpolicy_scale, r) + extra, everyone, std, eps)
     if strategy.startswith("shaping"):
         r = shape_rewards(r, tau, alpha1, alpha2)
         if strategy == "shaping":
-            return _normalise(r, everyone, std, eps)
+            return _normalise(r + extra, everyone, std, eps)
     # anchor / shaping+anchor
+    r = r + extra
     on = ~off
     adv = _normalise(r, on, std, eps)
     best_on = torch.where(on, adv, torch.full_like(adv, -torch.inf)).amax(-1, keepdim=True)

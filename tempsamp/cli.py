@@ -13,6 +13,7 @@ import sys
 
 # Modules that register subcommands, in the order --help lists them.
 COMMAND_MODULES = [
+    "tempsamp.train.cli",
 ]
 
 

@@ -131,3 +131,16 @@ def test_advantages_finite_and_zero_mean_where_promised(rows, strategy):
         np.testing.assert_allclose(adv.sum(-1).numpy(), 0.0, atol=1e-6)
     else:  # anchoring: zero-mean among the on-policy rows
         np.testing.assert_allclose(adv[:, 1:].sum(-1).numpy(), 0.0, atol=1e-6)
+
+
+def test_bonus_joins_after_shaping():
+    r, off = group(1.0, [0.1, 0.4, 0.7])
+    fmt = torch.tensor([[1.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    shaped = shape_rewards(r) + fmt
+    expected = (shaped - shaped.mean()) / (shaped.std(unbiased=False) + 1e-6)
+    torch.testing.assert_close(group_advantages(r, off, "shaping", bonus=fmt), expected)
+    # without shaping, the bonus is simply part of the reward
+    torch.testing.assert_close(group_advantages(r, off, "mixed", bonus=fmt), group_advantages(r + fmt, off, "mixed"))
+    # a group tied on task reward but not on format still gets a signal
+    tied_task = torch.zeros(1, 4, dtype=torch.float64)
+    assert group_advantages(tied_task, off, "shaping", bonus=fmt).abs().sum() > 0

@@ -1,0 +1,120 @@
+"""Checkpoints that survive a kill: safetensors and JSON only, written atomically, last K kept.
+
+Layout of ``OUTPUT_DIR/checkpoint-STEP/``:
+    model/            save_pretrained output (safetensors + config + processor): loads with
+                      transformers ``from_pretrained`` (for LoRA runs: the peft adapter)
+    optimizer.safetensors, optimizer.json   AdamW state tensors and param groups
+    rng.safetensors   torch CPU (and CUDA) generator states
+    state.json        step, data position, numpy/python RNG states, config, counters
+A checkpoint is written to ``.checkpoint-STEP.tmp`` and renamed into place, so a directory named
+``checkpoint-*`` is always complete; leftover ``.tmp`` directories from a crash are ignored and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            tensors[f"{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, {"param_groups": state["param_groups"]}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir)
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: dict, keep_last: int = 2) -> Path:
+    """Write checkpoint-STEP atomically and prune all but the newest ``keep_last``."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".checkpoint-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".checkpoint-{step}.tmp"
+    final = root / f"checkpoint-{step}"
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    if processor is not None:
+        processor.save_pretrained(tmp / "model")
+    tensors, meta = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda{i}"] = s
+    save_file(rng, str(tmp / "rng.safetensors"))
+    full_state = dict(state, step=step, python_random=_py_random_state(), numpy_random=_np_random_state())
+    (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
+    _fsync_tree(tmp)
+    if final.exists():  # the same step written again (a resumed run): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path, model_param_loader, optimizer) -> dict:
+    """Restore optimizer and RNG states; ``model_param_loader(model_dir)`` restores the weights."""
+    path = Path(path)
+    model_param_loader(path / "model")
+    meta = json.loads((path / "optimizer.json").read_text())
+    _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta)
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    state = json.loads((path / "state.json").read_text())
+    random.setstate(_tuplify(state["python_random"]))
+    np.random.set_state(tuple(state["numpy_random"]))
+    return state
+
+
+def _py_random_state():
+    return random.getstate()
+
+
+def _np_random_state():
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,343 @@
+"""The TempSamp-R1 training recipe: rollout -> append the GT -> score -> advantages -> loss -> step.
+
+One readable function, ``train(cfg)``. Every algorithmic piece is a call into the library
+(tempsamp.advantages, tempsamp.loss, tempsamp.prompts); everything Qwen-specific is a call into the
+model adapter (tempsamp.models.qwen_vl). accelerate runs the same code on a CPU, one GPU, or many
+(DDP / FSDP / DeepSpeed): each process trains on whole groups, chosen by index.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tempsamp.advantages import group_advantages, shape_rewards
+from tempsamp.loss import grpo_loss
+from tempsamp.models import qwen_vl
+from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
+from tempsamp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tempsamp.train.config import TrainConfig
+from tempsamp.train.logger import RunLogger
+from tempsamp.train.schedule import sample_seed, shard, step_queries
+from tempsamp.train.scoring import gt_clip_arrays, score_group
+
+
+@dataclass
+class Group:
+    """One query's G completions, the off-policy row flagged (not positioned)."""
+
+    example: object
+    prompt: dict
+    completion_ids: list
+    texts: list
+    offpolicy: list
+    generated_tokens: int = 0
+
+
+@dataclass
+class Counters:
+    """Faults and totals carried across resumes (saved in state.json)."""
+
+    bad_videos: int = 0
+    nan_rewards: int = 0
+    empty_completions: int = 0
+    parse_failures: int = 0
+    skipped_steps: int = 0
+    loss_spikes: int = 0
+    losses: list = field(default_factory=list)  # recent losses, for spike detection
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def load_training_examples(cfg: TrainConfig):
+    from tempsamp.data.readers import load_examples
+    from tempsamp.data.splits import few_shot
+
+    files = cfg.train_annotations if isinstance(cfg.train_annotations, list) else [cfg.train_annotations]
+    examples = []
+    for path in files:
+        examples += load_examples(path, cfg.dataset, durations=cfg.durations, videos=cfg.videos, lenient=cfg.lenient_annotations)
+    if cfg.few_shot_fraction < 1.0:
+        examples = few_shot(examples, cfg.few_shot_fraction, seed=cfg.seed)
+    return examples
+
+
+def resolve_model_path(name: str) -> str:
+    if name == "tiny":
+        from tempsamp.models.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model())
+    return name
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.learning_rate
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+# ---------------------------------------------------------------- the four stages of a step
+
+
+def rollout(cfg, model, processor, example, mode: str, seed: int, load_frames) -> Group:
+    """G-1 completions sampled from the policy (G for plain GRPO), plus the GT written as an answer."""
+    frames = load_frames(example)
+    text = prompt_text(example.query, mode, duration=example.duration, task=example.task)
+    prompt = qwen_vl.build_prompt(processor, text, frames)
+    n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
+    torch.manual_seed(seed)
+    ids, texts = qwen_vl.generate(
+        model, processor, prompt, num_samples=n_sampled, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, do_sample=True,
+    )
+    offpolicy = [False] * n_sampled
+    if cfg.uses_offpolicy:
+        gt_text = offpolicy_text(example, mode)
+        ids.append(qwen_vl.completion_ids(processor, gt_text))
+        texts.append(gt_text)
+        offpolicy.append(True)
+    return Group(example, prompt, ids, texts, offpolicy, generated_tokens=sum(len(i) for i in ids[:n_sampled]))
+
+
+def offpolicy_text(example, mode: str) -> str:
+    if example.task == "highlights":
+        windows = list(example.spans)
+        _, saliency = gt_clip_arrays(example)
+        scores = []
+        for s, e in windows:  # a window's score: mean saliency of its clips, on the 0-4 scale
+            clips = saliency[int(s // 2): max(int(s // 2) + 1, int(math.ceil(e / 2)))]
+            scores.append(float(clips.mean() * 4) if len(clips) else 4.0)
+        return build_offpolicy_completion(windows, mode, scores=scores)
+    return build_offpolicy_completion(example.span, mode)
+
+
+def score(cfg, groups: list[Group], cot: bool, counters: Counters):
+    """Rewards [groups, G] (task and format) and the off-policy mask, plus per-group scores for logging."""
+    scores = [score_group(g.example, g.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score) for g in groups]
+    for g, s in zip(groups, scores):
+        on = ~np.array(g.offpolicy)
+        counters.nan_rewards += s.nan_rewards
+        counters.parse_failures += int((~s.parsed & on).sum())
+        counters.empty_completions += sum(1 for t, o in zip(g.texts, on) if o and not t.strip())
+    task = torch.tensor(np.stack([s.task for s in scores]))
+    fmt = torch.tensor(np.stack([s.format for s in scores])) * (cfg.format_weight if cot else 0.0)
+    off = torch.tensor([g.offpolicy for g in groups])
+    return task, fmt, off, scores
+
+
+def advantages(cfg, task, fmt, off):
+    return group_advantages(
+        task, off, cfg.strategy, bonus=fmt, std=cfg.adv_std, eps=cfg.adv_eps, lambda_off=cfg.lambda_off,
+        offpolicy_scale=cfg.offpolicy_scale, tau=cfg.tau, alpha1=cfg.alpha1, alpha2=cfg.alpha2,
+    )
+
+
+def update(cfg, model, ref_model, optimizer, groups, adv, accelerator):
+    """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
+
+    Returns (loss statistics, whether the step was applied). A step whose loss or gradients are not
+    finite is skipped (gradients zeroed), never applied.
+    """
+    pad_id = qwen_vl.pad_token_id(groups[0].prompt, model)
+    batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
+    # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
+    local_tokens = torch.tensor(float(sum(b["completion_mask"].sum() for b in batches)), device=accelerator.device)
+    normalizer = float(accelerator.reduce(local_tokens, reduction="sum")) / accelerator.num_processes
+    if cfg.aggregation == "sequence_mean":
+        normalizer = float(accelerator.reduce(torch.tensor(float(sum(len(g.texts) for g in groups)), device=accelerator.device), reduction="sum")) / accelerator.num_processes
+
+    with torch.no_grad():
+        ref = [reference_logprobs(ref_model, model, b) if cfg.beta else None for b in batches]
+        old = [qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature) for b in batches] if cfg.updates_per_rollout > 1 else [None] * len(batches)
+
+    stats_all, applied = [], True
+    for _ in range(cfg.updates_per_rollout):
+        optimizer.zero_grad(set_to_none=True)
+        entropies = []
+        for i, b in enumerate(batches):
+            sync = accelerator.no_sync(model) if i < len(batches) - 1 else nullcontext()
+            with sync:
+                logp, entropy = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
+                loss, stats = grpo_loss(
+                    logp, adv[i].to(logp.device), b["completion_mask"], old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
+                    clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
+                )
+                accelerator.backward(loss)
+            stats.loss = float(loss)
+            stats_all.append(stats)
+            on = ~torch.tensor(groups[i].offpolicy, device=entropy.device)
+            mask = b["completion_mask"].to(entropy.device)[on]
+            entropies.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
+        grads_finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        if not grads_finite or not all(math.isfinite(s.loss) for s in stats_all):
+            optimizer.zero_grad(set_to_none=True)
+            applied = False
+            break
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+    return stats_all, entropies, applied
+
+
+def reference_logprobs(ref_model, model, batch):
+    """pi_ref: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
+    if ref_model is not None:
+        return qwen_vl.completion_logprobs(ref_model, batch)
+    with qwen_vl.adapter_disabled(model):
+        return qwen_vl.completion_logprobs(model, batch)
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
+    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests)."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from tempsamp.video.cache import VideoDecodeError, sample_frames
+
+    accelerator = Accelerator()
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    examples = load_training_examples(cfg)
+    model, processor = qwen_vl.load_policy(resolve_model_path(cfg.model), dtype=cfg.dtype, device=accelerator.device)
+    if cfg.freeze_vision:
+        qwen_vl.freeze_vision_tower(model)
+    ref_model = None
+    if cfg.lora:
+        model = qwen_vl.apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, freeze_vision=cfg.freeze_vision)
+    elif cfg.beta:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    policy = accelerator.unwrap_model(model)
+
+    counters, start = Counters(), 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, lambda d: qwen_vl.load_weights(policy, d), optimizer)
+        start = state["step"]
+        counters = Counters(**state["counters"])
+        accelerator.print(f"resumed from {checkpoint} at step {start}")
+    logger = RunLogger(out) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def load_frames(example):
+        return sample_frames(
+            example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
+        )
+
+    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+    bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not accelerator.is_main_process)
+    for step in bar:
+        t0 = time.perf_counter()
+        stage = cfg.stage_at(step)
+        cot = stage["mode"] == COT
+        for group_ in optimizer.param_groups:
+            group_["lr"] = lr_at(cfg, step)
+
+        # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
+        slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), accelerator.process_index, accelerator.num_processes)
+        model.eval()
+        groups = []
+        for slot, index in slots:
+            try:
+                with torch.no_grad():
+                    groups.append(rollout(cfg, policy, processor, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+            except (FileNotFoundError, VideoDecodeError) as err:
+                counters.bad_videos += 1
+                if logger:
+                    logger.event(step, "bad_video", str(err))
+        t_rollout = time.perf_counter() - t0
+        if not groups:
+            counters.skipped_steps += 1
+            if logger:
+                logger.event(step, "skipped_step", "no usable video in this step's queries")
+            continue
+
+        # 2. score, 3. advantages
+        task, fmt, off, scores = score(cfg, groups, cot, counters)
+        adv = advantages(cfg, task, fmt, off)
+
+        # 4. loss and optimizer step
+        model.train()
+        stats, entropies, applied = update(cfg, model, ref_model, optimizer, groups, adv, accelerator)
+        if not applied:
+            counters.skipped_steps += 1
+            if logger:
+                logger.event(step, "skipped_step", "non-finite loss or gradient: update not applied")
+        loss_value = float(np.mean([s.loss for s in stats]))
+        recent = counters.losses[-50:]
+        if recent and abs(loss_value) > cfg.spike_factor * max(1e-8, float(np.median(np.abs(recent)))):
+            counters.loss_spikes += 1
+            if logger:
+                logger.event(step, "loss_spike", f"loss {loss_value:.4g} vs running median {np.median(np.abs(recent)):.4g}")
+        counters.losses = (recent + [loss_value])[-50:]
+
+        # log (main process; each group is counted once: its process scored it)
+        step_seconds = time.perf_counter() - t0
+        if logger and step % cfg.log_every == 0:
+            on = ~off
+            on_iou = np.stack([s.iou for s in scores])
+            top1 = [float(on_iou[i][on[i].numpy()].max()) if on[i].any() else float("nan") for i in range(len(groups))]
+            on_lengths = [len(ids) for g in groups for ids, o in zip(g.completion_ids, g.offpolicy) if not o]
+            scalars = {
+                "reward/raw": float(task[on].mean()),
+                "reward/shaped": float(shape_rewards(task[on], cfg.tau, cfg.alpha1, cfg.alpha2).mean()),
+                "reward/offpolicy": float(task[off].mean()) if off.any() else None,
+                "iou/top1_onpolicy": float(np.nanmean(top1)),
+                "iou/mean_onpolicy": float(on_iou[on.numpy()].mean()),
+                "adv/offpolicy": float(adv[off].mean()) if off.any() else None,
+                "adv/frac_onpolicy_negative": float((adv[on] < 0).double().mean()),
+                "format/rate": float(torch.tensor(np.stack([s.format for s in scores]))[on].mean()) if cot else None,
+                "parse/failure_rate": float(1 - np.stack([s.parsed for s in scores])[on.numpy()].mean()),
+                "loss/value": loss_value,
+                "loss/kl": float(np.mean([s.kl for s in stats])),
+                "loss/clip_fraction": float(np.mean([s.clip_fraction for s in stats])),
+                "policy/entropy": float(np.mean(entropies)),
+                "completion/length": float(np.mean(on_lengths)) if on_lengths else 0.0,
+                "speed/step_seconds": step_seconds,
+                "speed/rollout_seconds": t_rollout,
+                "speed/tokens_per_second": sum(g.generated_tokens for g in groups) / max(t_rollout, 1e-9),
+                "memory/peak_gb": peak_memory_gb(),
+                "lr": lr_at(cfg, step),
+                **{f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"},
+            }
+            logger.log(step + 1, scalars)
+            bar.set_postfix(reward=f"{scalars['reward/raw']:.3f}", top1=f"{scalars['iou/top1_onpolicy']:.3f}")
+
+        done = step + 1
+        if accelerator.is_main_process and (done % cfg.save_every == 0 or done == cfg.total_steps):
+            save_checkpoint(out, done, policy, processor, optimizer, {"counters": vars(counters), "config": cfg.to_dict()}, cfg.keep_last)
+        accelerator.wait_for_everyone()
+
+    if logger:
+        logger.close()
+    return out

@@ -1,0 +1,67 @@
+"""Recipes: every shipped recipe loads, inheritance and overrides work, bad keys are named."""
+
+import pytest
+
+from tempsamp.train.config import RECIPES_DIR, TrainConfig, load_config
+from tempsamp.train.schedule import sample_seed, shard, step_queries
+
+SHIPPED = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_loads(name):
+    cfg = load_config(name)
+    assert cfg.total_steps > 0
+
+
+def test_paper_defaults_in_the_main_recipes():
+    for name in ("charades_tempsamp", "activitynet_tempsamp", "qvhighlights_tempsamp"):
+        cfg = load_config(name)
+        assert (cfg.num_generations, cfg.tau, cfg.alpha1, cfg.alpha2, cfg.lambda_off, cfg.fps) == (8, 0.8, 0.01, 1.0, 1.2, 2.0)
+        assert cfg.strategy == "shaping" and [s["mode"] for s in cfg.stages] == ["answer", "cot"]
+    assert load_config("charades_grpo").strategy == "grpo"
+    assert {load_config(f"charades_ablation_{r}").strategy for r in ("reward_scaling", "anchor", "shaping")} == {"reward_scaling", "anchor", "shaping"}
+
+
+def test_overrides_and_inheritance():
+    cfg = load_config("charades_grpo", ["learning_rate=2e-6", "stages=[{mode: cot, steps: 3}]", "clip_eps_high=0.28"])
+    assert cfg.learning_rate == 2e-6 and cfg.total_steps == 3 and cfg.clip_eps_high == 0.28
+    assert cfg.dataset == "charades"  # inherited from charades_tempsamp
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match="unknown config key.*learning_rat"):
+        load_config("tiny_cpu", ["learning_rat=1"])
+    with pytest.raises(ValueError, match="strategy"):
+        load_config("tiny_cpu", ["strategy=ppo"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config("tiny_cpu", ["strategy"])
+    with pytest.raises(FileNotFoundError, match="shipped recipes"):
+        load_config("no_such_recipe")
+
+
+def test_stage_at_follows_the_schedule():
+    cfg = TrainConfig(stages=[{"mode": "answer", "steps": 2}, {"mode": "cot", "steps": 1}])
+    assert [cfg.stage_at(s)["mode"] for s in range(3)] == ["answer", "answer", "cot"]
+
+
+def test_step_queries_cover_each_epoch_once_and_are_deterministic():
+    n, q = 10, 3
+    seen = [i for step in range(10) for i in step_queries(n, step, q, seed=1)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert step_queries(n, 4, q, seed=1) == step_queries(n, 4, q, seed=1)
+    assert step_queries(n, 4, q, seed=1) != step_queries(n, 4, q, seed=2)
+
+
+def test_sharding_keeps_groups_whole_and_disjoint():
+    items = list(range(7))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == items
+    assert sample_seed(0, 5, 2) == sample_seed(0, 5, 2) != sample_seed(0, 5, 3)
+
+
+def test_values_take_their_field_type():
+    cfg = load_config("tiny_cpu", ["learning_rate=3e-5", "clip_eps_high=none", "num_generations=6"])
+    assert cfg.learning_rate == 3e-5 and cfg.clip_eps_high is None and cfg.num_generations == 6
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config("tiny_cpu", ["learning_rate=fast"])
