@@ -1,0 +1,487 @@
+"""Everything specific to the Qwen-VL model family, in one place.
+
+The trainer and the inference code speak to the model only through this module:
+
+    model, processor = load_policy(path)
+    prompt = build_prompt(processor, prompt_text, frames, fps)         # one query, batch 1
+    ids, texts = generate(model, processor, prompt, num_samples=G - 1, max_new_tokens=256)
+    ids.append(completion_ids(processor, ground_truth_text))            # the off-policy row
+    batch = group_batch(prompt, ids, pad_token_id(processor))           # G rows, video repeated
+    logprobs = completion_logprobs(model, batch)                        # [G, L], with the video
+    with model.disable_adapter():                                       # LoRA: the reference
+        ref_logprobs = completion_logprobs(model, batch)
+
+What the family needs, and why (transformers 5.23):
+
+- Video goes in as already-decoded frames (uint8 [T, H, W, 3]) plus ``VideoMetadata`` and
+  ``do_sample_frames=False``: the processor must not resample, and it reads the sampled frame rate
+  from the metadata (``sampled_fps = len(frames_indices) / total_num_frames * fps``).
+- Qwen2.5-VL places video tokens on a time axis: the temporal rotary position of grid slice k is
+  ``k * tokens_per_second * second_per_grid_ts`` with ``second_per_grid_ts = temporal_patch_size /
+  fps`` (2 frames at 2 fps -> 1 s per slice). This is what makes answers in seconds learnable.
+- Every forward pass (sampling, policy, old policy, reference) must carry ``mm_token_type_ids``
+  (without it the model silently falls back to 1-D text positions and ignores time),
+  ``video_grid_thw`` and ``second_per_grid_ts``, besides the pixels. ``MODEL_INPUT_KEYS`` lists
+  them and ``completion_logprobs`` refuses a batch that lacks one.
+- ``second_per_grid_ts`` is a tensor with one entry per video: repeating a prompt for G rows
+  means ``.repeat(G)``, not ``* G`` (which would silently scale time by G).
+- Log-probs come from a forward with ``logits_to_keep`` = completion length + 1: the model then
+  projects only the positions that predict completion tokens (full-vocabulary logits for the
+  video and prompt positions cost seconds and gigabytes per step).
+- Qwen2-VL (no absolute time: temporal positions are grid indices) and Qwen3-VL (time written
+  into the prompt as "<t seconds>" text before each frame, computed from the metadata) are
+  supported through the same calls; ``FAMILIES`` records what each needs.
+
+Decisions (also in docs/decisions.md, "Model adapter"):
+- Completions end with the stop token the model produced (``<|im_end|>`` normally) and include it:
+  the policy must learn when to stop. ``completion_ids`` writes an off-policy text the same way.
+- Sampling ignores the checkpoint's generation_config sampling knobs (Qwen ships top_k=1,
+  repetition_penalty=1.05): only temperature and top_p apply, top_k is off, repetition penalty 1,
+  so the sampled distribution is the one ``completion_logprobs`` scores.
+- Entropy is returned detached (for monitoring); log-probs carry gradients. Padded completion
+  positions hold 0 in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------------------------
+# What each family's forward pass needs
+# ----------------------------------------------------------------------------------------------
+
+# Inputs with one row per token (batch, sequence) ...
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+# ... and inputs with one entry per video (or per video patch), repeated per row in a group.
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # config.model_type
+    model_class: str  # transformers class name
+    input_keys: tuple[str, ...]  # what every forward must carry
+    time: str  # how the model knows when a frame was shown
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2_5_vl": Family(
+        "qwen2_5_vl",
+        "Qwen2_5_VLForConditionalGeneration",
+        TOKEN_KEYS + VIDEO_KEYS,
+        "temporal rotary positions step by tokens_per_second * second_per_grid_ts per grid slice",
+    ),
+    "qwen2_vl": Family(
+        "qwen2_vl",
+        "Qwen2VLForConditionalGeneration",
+        TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
+        "none absolute: temporal rotary positions are grid-slice indices",
+    ),
+    "qwen3_vl": Family(
+        "qwen3_vl",
+        "Qwen3VLForConditionalGeneration",
+        TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
+        "'<t seconds>' text before each grid slice, from the metadata's frames_indices / fps",
+    ),
+}
+
+# The inputs every Qwen2.5-VL forward pass must carry (the project's main family).
+MODEL_INPUT_KEYS = FAMILIES["qwen2_5_vl"].input_keys
+
+# The modules LoRA adapts by default: the language model's attention and MLP projections.
+# A regex (peft full-matches it) because the vision tower's MLP uses the same layer names.
+LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def family_of(model_or_config) -> Family:
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_policy(
+    path_or_hub_id: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    attn_implementation: str | None = None,
+):
+    """Load (model, processor) from a local folder or hub id, dispatching on config.model_type.
+
+    dtype: e.g. torch.bfloat16 or "auto"; None keeps transformers' default.
+    attn_implementation: "sdpa", "eager", "flash_attention_2", ...; None keeps the default.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    family = family_of(AutoConfig.from_pretrained(path_or_hub_id))
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = getattr(transformers, family.model_class).from_pretrained(path_or_hub_id, **kwargs)
+    if device is not None:
+        model.to(device)
+    processor = AutoProcessor.from_pretrained(path_or_hub_id)
+    return model, processor
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt
+# ----------------------------------------------------------------------------------------------
+
+
+def chat_messages(prompt_text: str, system_prompt: str | None = None) -> list[dict]:
+    """One user turn: the video, then the text. Blocks are typed ("type" is what templates test)."""
+    messages = []
+    if system_prompt is not None:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt_text}]})
+    return messages
+
+
+def video_metadata(num_frames: int, fps: float, height: int | None = None, width: int | None = None):
+    """Metadata for frames sampled at `fps` starting at t = 0: frame i was shown at i / fps.
+
+    The frames are described as the whole video (frames_indices = 0..T-1), so the processor's
+    sampled_fps is exactly `fps`, and Qwen3-VL's timestamps are i / fps.
+    """
+    from transformers.video_utils import VideoMetadata
+
+    if not fps > 0:
+        raise ValueError(f"video_metadata: fps must be positive, got {fps}")
+    return VideoMetadata(
+        total_num_frames=num_frames,
+        fps=float(fps),
+        width=width,
+        height=height,
+        duration=num_frames / float(fps),
+        frames_indices=list(range(num_frames)),
+    )
+
+
+def build_prompt(
+    processor,
+    prompt_text: str,
+    frames: np.ndarray,
+    fps: float,
+    *,
+    system_prompt: str | None = None,
+    device: torch.device | str | None = None,
+    processor_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The model inputs for one query (batch 1): chat template with a video block and the text.
+
+    frames: uint8 [T, H, W, 3], sampled at `fps` (decoded elsewhere). An odd T gets its last frame
+    repeated by the processor (frames are paired into grid slices of temporal_patch_size = 2).
+    processor_kwargs: extra processor options, e.g. {"size": {"shortest_edge": ..., "longest_edge": ...}}
+    for the per-frame pixel budget.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(
+            f"build_prompt: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}"
+        )
+    text = processor.apply_chat_template(
+        chat_messages(prompt_text, system_prompt), tokenize=False, add_generation_prompt=True
+    )
+    metadata = video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2])
+    inputs = processor(
+        text=[text],
+        videos=[frames],
+        video_metadata=[metadata],
+        do_sample_frames=False,
+        return_tensors="pt",
+        **(processor_kwargs or {}),
+    )
+    inputs = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+    if "second_per_grid_ts" in inputs:  # a float list in some versions; the model wants a tensor
+        inputs["second_per_grid_ts"] = torch.as_tensor(inputs["second_per_grid_ts"], dtype=torch.float32)
+    if device is not None:
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+    return inputs
+
+
+def prompt_length(prompt_inputs: Mapping[str, torch.Tensor]) -> int:
+    return prompt_inputs["input_ids"].shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokens
+# ----------------------------------------------------------------------------------------------
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def stop_token_ids(processor) -> list[int]:
+    """Tokens that end a completion: <|im_end|> (end of the assistant turn) and the tokenizer's eos."""
+    tokenizer = _tokenizer(processor)
+    ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def pad_token_id(processor) -> int:
+    tokenizer = _tokenizer(processor)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token")
+    return pad
+
+
+def completion_ids(processor, text: str) -> list[int]:
+    """Token ids of an off-policy completion, written as a sampled completion is: text + <|im_end|>.
+
+    The text must be plain (no special-token strings): the ground truth is an answer, not markup.
+    """
+    tokenizer = _tokenizer(processor)
+    for special in tokenizer.all_special_tokens:
+        if special in text:
+            raise ValueError(f"completion_ids: the text contains the special token {special!r}: {text!r}")
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [stop_token_ids(processor)[0]]
+
+
+def trim_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """Generated ids up to and including the first stop token (everything after is padding)."""
+    ids = list(ids)
+    for i, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[: i + 1]
+    return ids
+
+
+class Completions(NamedTuple):
+    ids: list[list[int]]  # per sample: generated ids, ending with the stop token unless truncated
+    texts: list[str]  # decoded, special tokens stripped
+
+
+def generate(
+    model,
+    processor,
+    prompt_inputs: Mapping[str, torch.Tensor],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+) -> Completions:
+    """Sample `num_samples` completions of one prompt (the video is encoded once).
+
+    The model is put in eval mode for sampling (no dropout) and restored after. Seed torch's
+    global RNG before the call for reproducible samples.
+    """
+    from transformers import GenerationConfig
+
+    if num_samples < 1:
+        raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
+    if not do_sample and num_samples > 1:
+        raise ValueError("generate: greedy decoding (do_sample=False) gives one completion; set num_samples=1")
+    stops = stop_token_ids(processor)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_return_sequences=num_samples,
+        eos_token_id=stops,
+        pad_token_id=pad_token_id(processor),
+        # Explicit, so the checkpoint's generation_config cannot change the sampled distribution.
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=0 if do_sample else None,
+        repetition_penalty=1.0,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            sequences = model.generate(**prompt_inputs, generation_config=config)
+    finally:
+        model.train(was_training)
+    new_tokens = sequences[:, prompt_length(prompt_inputs) :].tolist()
+    ids = [trim_at_stop(row, stops) for row in new_tokens]
+    texts = _tokenizer(processor).batch_decode(ids, skip_special_tokens=True)
+    return Completions(ids, texts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring a group
+# ----------------------------------------------------------------------------------------------
+
+
+def group_batch(
+    prompt_inputs: Mapping[str, torch.Tensor],
+    completion_ids_list: Sequence[Sequence[int]],
+    pad_id: int,
+) -> dict[str, Any]:
+    """A batch of G rows: the one prompt followed by each completion, right-padded.
+
+    Returns the model inputs (token inputs [G, P + L]; the video inputs repeated once per row)
+    plus ``completion_mask`` [G, L] (1.0 on completion tokens, 0.0 on padding) and
+    ``logits_to_keep`` = L + 1 (the logits that predict completion tokens: positions P-1 .. P+L-2).
+    """
+    if prompt_inputs["input_ids"].shape[0] != 1:
+        raise ValueError(f"group_batch: expects one prompt (batch 1), got {prompt_inputs['input_ids'].shape[0]}")
+    if len(completion_ids_list) == 0:
+        raise ValueError("group_batch: no completions")
+    num_rows = len(completion_ids_list)
+    length = max(len(ids) for ids in completion_ids_list)
+    if length == 0:
+        raise ValueError("group_batch: every completion is empty")
+    device = prompt_inputs["input_ids"].device
+
+    completions = torch.full((num_rows, length), pad_id, dtype=torch.long, device=device)
+    completion_mask = torch.zeros((num_rows, length), dtype=torch.float32, device=device)
+    for row, ids in enumerate(completion_ids_list):
+        completions[row, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long, device=device)
+        completion_mask[row, : len(ids)] = 1.0
+
+    prompt_ids = prompt_inputs["input_ids"].expand(num_rows, -1)
+    prompt_mask = prompt_inputs.get("attention_mask", torch.ones_like(prompt_inputs["input_ids"])).expand(num_rows, -1)
+    batch: dict[str, Any] = {
+        "input_ids": torch.cat([prompt_ids, completions], dim=1),
+        "attention_mask": torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1),
+    }
+    if "mm_token_type_ids" in prompt_inputs:  # completions are text: type 0
+        prompt_types = prompt_inputs["mm_token_type_ids"].expand(num_rows, -1)
+        batch["mm_token_type_ids"] = torch.cat([prompt_types, torch.zeros_like(completions, dtype=prompt_types.dtype)], dim=1)
+    for key in VIDEO_KEYS:
+        if key in prompt_inputs:
+            value = prompt_inputs[key]
+            # All of the prompt's videos once per row, in row order: [v1, v2, v1, v2, ...].
+            batch[key] = value.repeat(num_rows, *([1] * (value.dim() - 1)))
+    batch["completion_mask"] = completion_mask
+    batch["logits_to_keep"] = length + 1
+    return batch
+
+
+def model_inputs(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The forward kwargs of `batch` for this model's family; an error if one is missing."""
+    family = family_of(model)
+    missing = [key for key in family.input_keys if key not in batch]
+    if missing:
+        raise KeyError(
+            f"{family.model_type}: the batch lacks {missing}; every forward pass must carry {list(family.input_keys)}"
+        )
+    return {key: batch[key] for key in family.input_keys}
+
+
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / temperature)[target] per position, and optionally the entropy.
+
+    Computed row by row as logit[target] - logsumexp(logits), so no full-vocabulary log-softmax
+    of the whole group is materialised (with fp32 logits and temperature 1, no copy at all).
+    Entropy is detached.
+    """
+    logprobs, entropies = [], []
+    for row_logits, row_targets in zip(logits, targets):
+        row_logits = row_logits.float()
+        if temperature != 1.0:
+            row_logits = row_logits / temperature
+        lse = torch.logsumexp(row_logits, dim=-1)
+        logprobs.append(row_logits.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1) - lse)
+        if with_entropy:
+            with torch.no_grad():
+                probs = torch.softmax(row_logits, dim=-1)
+                entropies.append(lse - (probs * row_logits).sum(-1))
+    return torch.stack(logprobs), (torch.stack(entropies) if with_entropy else None)
+
+
+def completion_logprobs(
+    model, batch: Mapping[str, Any], *, temperature: float = 1.0, with_entropy: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [G, L] of the completion tokens (0 on padding), from a forward WITH the video.
+
+    with_entropy: also return the per-token entropy [G, L] (detached).
+    Runs in whatever mode the model is in (train: dropout active) and with grad unless the caller
+    wraps it in torch.no_grad().
+    """
+    completion_mask = batch["completion_mask"]
+    length = completion_mask.shape[1]
+    outputs = model(**model_inputs(model, batch), logits_to_keep=length + 1, use_cache=False)
+    logits = outputs.logits[:, :-1, :]  # position t predicts token t + 1
+    targets = batch["input_ids"][:, -length:]
+    logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy)
+    padding = completion_mask == 0
+    logprobs = logprobs.masked_fill(padding, 0.0)
+    if with_entropy:
+        return logprobs, entropy.masked_fill(padding, 0.0)
+    return logprobs
+
+
+def rope_position_ids(model, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The 3-D rotary position ids [3, B, S] (temporal, height, width) the model uses for `inputs`."""
+    inner = unwrap(model).model
+    kwargs = {key: inputs[key] for key in ("video_grid_thw", "second_per_grid_ts", "attention_mask") if key in inputs}
+    positions, _ = inner.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], **kwargs)
+    return positions
+
+
+# ----------------------------------------------------------------------------------------------
+# Training set-up
+# ----------------------------------------------------------------------------------------------
+
+
+def vision_tower(model) -> torch.nn.Module:
+    return unwrap(model).model.visual
+
+
+def freeze_vision_tower(model) -> None:
+    """No gradients for the vision encoder and its merger (the paper's set-up keeps them frozen)."""
+    for parameter in vision_tower(model).parameters():
+        parameter.requires_grad_(False)
+
+
+def apply_lora(
+    model,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: str | Sequence[str] | None = None,
+    freeze_vision: bool = True,
+):
+    """Wrap the model with peft LoRA adapters on the language model's linear layers.
+
+    The reference policy is then the same model with the adapters off: ``with
+    model.disable_adapter(): ...`` (no second copy of the weights). The adapters start at zero
+    (LoRA's B = 0), so the wrapped model initially computes exactly the base model.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=LANGUAGE_LORA_TARGETS if target_modules is None else target_modules,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, config)
+    if freeze_vision:
+        freeze_vision_tower(peft_model)
+    return peft_model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant: works with frozen inputs and LoRA)."""
+    inner = unwrap(model)
+    inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    inner.config.use_cache = False
