@@ -302,6 +302,26 @@ def test_build_prompt_rejects_frames_that_are_not_uint8_rgb(policy):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("frame_tokens, video_tokens", [(16, None), (64, 100), (64, 400), (16, 36)])
+def test_video_budget_bounds_tokens_per_frame_and_per_clip(tiny_small_vocab_model_dir, frame_tokens, video_tokens):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_small_vocab_model_dir, local_files_only=True)
+    qwen_vl.set_video_budget(processor, frame_tokens=frame_tokens, video_tokens=video_tokens, min_frame_tokens=1)
+    frames = random_frames(0, num_frames=40, size=224)  # 20 grid slices of up to 8x8 merged tokens
+    inputs = qwen_vl.build_prompt(processor, QUERY, frames, FPS)
+    grid_t, grid_h, grid_w = inputs["video_grid_thw"][0].tolist()
+    per_slice = grid_h * grid_w // 4
+    total = int((inputs["mm_token_type_ids"] == 2).sum())
+    assert total == grid_t * per_slice and grid_t == 20
+    assert per_slice <= frame_tokens
+    if video_tokens is None:
+        assert per_slice == min(frame_tokens, 64)  # only the frame bound (and the frame size) applies
+    else:
+        assert total <= video_tokens
+
+
+@pytest.mark.slow
 def test_video_pixels_reach_the_forward_pass(policy, prompt, completions):
     model, processor = policy
     other = qwen_vl.build_prompt(processor, QUERY, random_frames(1), FPS)
@@ -524,5 +544,7 @@ def test_each_supported_family_runs_with_video(family):
     other = qwen_vl.build_prompt(processor, QUERY, random_frames(1), FPS)
     assert (logprobs_of(model, other, sampled.ids, pad) - logprobs).abs().max() > 1e-5  # the video is read
     if family == "qwen3_vl":  # Qwen3-VL writes the time of each grid slice into the prompt
+        with pytest.raises(ValueError, match="Qwen3VLVideoProcessor"):
+            qwen_vl.set_video_budget(processor, frame_tokens=16)
         text = processor.tokenizer.decode(prompt["input_ids"][0])
         assert "<0.2 seconds>" in text and "<3.2 seconds>" in text  # mean time of frames (0, 1) = 0.25 s ... (6, 7) = 3.25 s

@@ -35,9 +35,10 @@ What the family needs, and why (transformers 5.23):
 Decisions (also in docs/decisions.md, "Model adapter"):
 - Completions end with the stop token the model produced (``<|im_end|>`` normally) and include it:
   the policy must learn when to stop. ``completion_ids`` writes an off-policy text the same way.
-- Sampling ignores the checkpoint's generation_config sampling knobs (Qwen ships top_k=1,
-  repetition_penalty=1.05): only temperature and top_p apply, top_k is off, repetition penalty 1,
-  so the sampled distribution is the one ``completion_logprobs`` scores.
+- Sampling overrides the checkpoint's generation_config sampling knobs (instruct checkpoints ship
+  near-greedy defaults such as a tiny temperature, top_k, a repetition penalty; transformers' own
+  default is top_k=50): only the given temperature and top_p apply, top_k is off, repetition
+  penalty 1, so the sampled distribution is the one ``completion_logprobs`` scores.
 - Entropy is returned detached (for monitoring); log-probs carry gradients. Padded completion
   positions hold 0 in both.
 """
@@ -175,6 +176,36 @@ def video_metadata(num_frames: int, fps: float, height: int | None = None, width
         duration=num_frames / float(fps),
         frames_indices=list(range(num_frames)),
     )
+
+
+def set_video_budget(processor, *, frame_tokens: int, video_tokens: int | None = None, min_frame_tokens: int = 4):
+    """Bound the video's cost, in merged video tokens (one per 28x28 pixels); returns the processor.
+
+    frame_tokens: at most this many tokens per grid slice (frames are resized, aspect kept).
+    video_tokens: at most about this many over the whole clip (frames shrink further when the clip
+    is long, but not below min_frame_tokens), None for no clip-wide bound.
+    Set on the processor rather than passed per call: Qwen2VLVideoProcessor reads the clip bound
+    from its own `max_video_tokens` attribute, and implements it as qwen-vl-utils does, as 90% of
+    that number (hence the 1/0.9 below).
+    """
+    from transformers import Qwen2VLVideoProcessor
+    from transformers.image_utils import SizeDict
+
+    video_processor = processor.video_processor
+    if not isinstance(video_processor, Qwen2VLVideoProcessor):
+        raise ValueError(
+            f"set_video_budget: written for Qwen2/Qwen2.5-VL video processors, not "
+            f"{type(video_processor).__name__} (whose size means pixels per clip); "
+            "pass processor_kwargs to build_prompt instead"
+        )
+    if not 1 <= min_frame_tokens <= frame_tokens:
+        raise ValueError(f"set_video_budget: need 1 <= min_frame_tokens <= frame_tokens, got {min_frame_tokens}, {frame_tokens}")
+    token_pixels = (video_processor.patch_size * video_processor.merge_size) ** 2
+    video_processor.size = SizeDict(shortest_edge=min_frame_tokens * token_pixels, longest_edge=frame_tokens * token_pixels)
+    video_processor.cap_pixels_per_frame = video_tokens is not None
+    if video_tokens is not None:
+        video_processor.max_video_tokens = int(np.ceil(video_tokens / 0.9))
+    return processor
 
 
 def build_prompt(
