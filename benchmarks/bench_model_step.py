@@ -118,7 +118,8 @@ def main() -> int:
         f"({first['video_tokens']} video tokens, prompt {first['prompt_tokens']} tokens), "
         f"max {args.new_tokens} new tokens, {first['threads']} threads, median of {args.repeats}"
     )
-    print(f"{'vocab':<6} {'logits':<5} {'generate s':>11} {'logprobs fwd+bwd s':>19} {'peak RSS GB':>12} {'completion tokens':>18}")
+    header = ["vocab ", "logits", "generate s", "logprobs fwd+bwd s", "peak RSS GB", "completion tokens"]
+    print(f"{header[0]:<6} {header[1]:<5} {header[2]:>11} {header[3]:>19} {header[4]:>12} {header[5]:>18}")
     for (vocab, mode), r in results.items():
         print(
             f"{vocab:<6} {mode:<5} {r['generate_s']:>11.3f} {r['score_s']:>19.3f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from types import SimpleNamespace
 
@@ -138,7 +139,8 @@ def test_model_input_keys_carry_time_and_token_types():
 
 TEXT_PIECES = [
     "the", " video", " 12.5", " to", " 17.8", "<answer>", " </answer>", "<think>", "\n", "\n\n", "  ", "\t",
-    "é", "e\u0301", "中文", "日本語", "한국어", "😀", "👍🏽", "ﬁ", "١٢٣", "'s", "'LL", "don't", "12:30", "...",
+    "é", "e\u0301", "中文", "日本語", "한국어", "😀", "👍🏽", "ﬁ", "١٢٣",
+    "'s", "'LL", "don't", "12:30", "...",
 ]
 
 
@@ -174,7 +176,7 @@ def test_saved_tokenizer_ids_equal_tiktoken(vocab, policy, tiny_small_vocab_mode
     # a normalisation difference, not a BPE one.
     normalize = tokenizer.backend_tokenizer.normalizer.normalize_str
     rng = random.Random(0)
-    for _ in range(500):
+    for _ in range(int(os.environ.get("TEMPSAMP_TOKENIZER_SAMPLES", "500"))):  # 3000 checked too
         text = random_text(rng)
         expected = reference.encode(normalize(text), allowed_special="all")
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == expected, repr(text)
@@ -188,7 +190,8 @@ def test_real_vocabulary_has_qwen25_special_token_ids(policy):
     assert processor.video_token_id == 151656
     assert len(processor.tokenizer) == 151665
     config = model.config
-    assert (config.video_token_id, config.vision_start_token_id, config.text_config.vocab_size) == (151656, 151652, 151936)
+    assert (config.video_token_id, config.vision_start_token_id) == (151656, 151652)
+    assert config.text_config.vocab_size == 151936
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +281,8 @@ def test_prompt_carries_every_forward_input(policy, prompt):
     assert set(qwen_vl.MODEL_INPUT_KEYS) <= set(prompt)
     assert prompt["input_ids"].shape[0] == 1
     text = processor.tokenizer.decode(prompt["input_ids"][0])
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>")
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert text.startswith(system + "<|im_start|>user\n<|vision_start|>")
     assert text.endswith(f"<|vision_end|>{QUERY}<|im_end|>\n<|im_start|>assistant\n")
     # 8 frames of 56x56: 4 grid slices of 4x4 patches, merged 2x2 -> 16 video tokens.
     assert prompt["video_grid_thw"].tolist() == [[4, 4, 4]]
@@ -487,7 +491,8 @@ def test_freeze_vision_tower(tiny_small_vocab_model_dir):
 def test_lora_reference_is_the_base_model_and_only_the_adapter_learns(tiny_small_vocab_model_dir):
     model, processor = qwen_vl.load_policy(str(tiny_small_vocab_model_dir))
     prompt = qwen_vl.build_prompt(processor, QUERY, random_frames(0), FPS)
-    ids = [qwen_vl.completion_ids(processor, text) for text in ("<answer> 1 to 2 </answer>", "<answer> 0.5 to 3 </answer>")]
+    texts = ("<answer> 1 to 2 </answer>", "<answer> 0.5 to 3 </answer>")
+    ids = [qwen_vl.completion_ids(processor, text) for text in texts]
     batch = qwen_vl.group_batch(prompt, ids, qwen_vl.pad_token_id(processor))
     with torch.no_grad():
         base = qwen_vl.completion_logprobs(model, batch)
@@ -547,4 +552,5 @@ def test_each_supported_family_runs_with_video(family):
         with pytest.raises(ValueError, match="Qwen3VLVideoProcessor"):
             qwen_vl.set_video_budget(processor, frame_tokens=16)
         text = processor.tokenizer.decode(prompt["input_ids"][0])
-        assert "<0.2 seconds>" in text and "<3.2 seconds>" in text  # mean time of frames (0, 1) = 0.25 s ... (6, 7) = 3.25 s
+        # Each slice is stamped with the mean time of its frames: (0, 1) -> 0.25 s ... (6, 7) -> 3.25 s.
+        assert "<0.2 seconds>" in text and "<3.2 seconds>" in text

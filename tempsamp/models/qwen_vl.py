@@ -45,6 +45,7 @@ Decisions (also in docs/decisions.md, "Model adapter"):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -199,9 +200,13 @@ def set_video_budget(processor, *, frame_tokens: int, video_tokens: int | None =
             "pass processor_kwargs to build_prompt instead"
         )
     if not 1 <= min_frame_tokens <= frame_tokens:
-        raise ValueError(f"set_video_budget: need 1 <= min_frame_tokens <= frame_tokens, got {min_frame_tokens}, {frame_tokens}")
+        raise ValueError(
+            f"set_video_budget: need 1 <= min_frame_tokens <= frame_tokens, got {min_frame_tokens}, {frame_tokens}"
+        )
     token_pixels = (video_processor.patch_size * video_processor.merge_size) ** 2
-    video_processor.size = SizeDict(shortest_edge=min_frame_tokens * token_pixels, longest_edge=frame_tokens * token_pixels)
+    video_processor.size = SizeDict(
+        shortest_edge=min_frame_tokens * token_pixels, longest_edge=frame_tokens * token_pixels
+    )
     video_processor.cap_pixels_per_frame = video_tokens is not None
     if video_tokens is not None:
         video_processor.max_video_tokens = int(np.ceil(video_tokens / 0.9))
@@ -392,7 +397,8 @@ def group_batch(
     }
     if "mm_token_type_ids" in prompt_inputs:  # completions are text: type 0
         prompt_types = prompt_inputs["mm_token_type_ids"].expand(num_rows, -1)
-        batch["mm_token_type_ids"] = torch.cat([prompt_types, torch.zeros_like(completions, dtype=prompt_types.dtype)], dim=1)
+        completion_types = torch.zeros_like(completions, dtype=prompt_types.dtype)
+        batch["mm_token_type_ids"] = torch.cat([prompt_types, completion_types], dim=1)
     for key in VIDEO_KEYS:
         if key in prompt_inputs:
             value = prompt_inputs[key]
@@ -505,7 +511,9 @@ def apply_lora(
         target_modules=LANGUAGE_LORA_TARGETS if target_modules is None else target_modules,
         bias="none",
     )
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     if freeze_vision:
         freeze_vision_tower(peft_model)
     return peft_model
