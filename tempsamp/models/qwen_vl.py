@@ -105,6 +105,7 @@ def unwrap(model):
 
 
 def family_of(model_or_config) -> Family:
+    model_or_config = getattr(model_or_config, "module", model_or_config)  # under DDP / FSDP
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:

@@ -82,6 +82,28 @@ def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: d
     return final
 
 
+def load_model_weights(model, model_dir: str | Path) -> None:
+    """Load a checkpoint's saved weights into ``model`` in place (full model, or a peft adapter)."""
+    model_dir = Path(model_dir)
+    adapter = model_dir / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{adapter}: unexpected adapter keys {result.unexpected_keys[:5]}")
+        return
+    state = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    if not state:
+        raise FileNotFoundError(f"{model_dir}: no safetensors weights")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{model_dir}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})")
+
+
 def load_checkpoint(path, model_param_loader, optimizer) -> dict:
     """Restore optimizer and RNG states; ``model_param_loader(model_dir)`` restores the weights."""
     path = Path(path)

@@ -23,7 +23,7 @@ from tempsamp.advantages import group_advantages, shape_rewards
 from tempsamp.loss import grpo_loss
 from tempsamp.models import qwen_vl
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
-from tempsamp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tempsamp.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
 from tempsamp.train.schedule import sample_seed, shard, step_queries
@@ -99,9 +99,9 @@ def peak_memory_gb() -> float:
 
 def rollout(cfg, model, processor, example, mode: str, seed: int, load_frames) -> Group:
     """G-1 completions sampled from the policy (G for plain GRPO), plus the GT written as an answer."""
-    frames = load_frames(example)
+    video = load_frames(example)
     text = prompt_text(example.query, mode, duration=example.duration, task=example.task)
-    prompt = qwen_vl.build_prompt(processor, text, frames)
+    prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, device=model.device)
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
     torch.manual_seed(seed)
     ids, texts = qwen_vl.generate(
@@ -114,7 +114,7 @@ def rollout(cfg, model, processor, example, mode: str, seed: int, load_frames) -
         ids.append(qwen_vl.completion_ids(processor, gt_text))
         texts.append(gt_text)
         offpolicy.append(True)
-    return Group(example, prompt, ids, texts, offpolicy, generated_tokens=sum(len(i) for i in ids[:n_sampled]))
+    return Group(example, prompt, list(ids), list(texts), offpolicy, generated_tokens=sum(len(i) for i in ids[:n_sampled]))
 
 
 def offpolicy_text(example, mode: str) -> str:
@@ -150,13 +150,12 @@ def advantages(cfg, task, fmt, off):
     )
 
 
-def update(cfg, model, ref_model, optimizer, groups, adv, accelerator):
+def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
     """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
 
     Returns (loss statistics, whether the step was applied). A step whose loss or gradients are not
     finite is skipped (gradients zeroed), never applied.
     """
-    pad_id = qwen_vl.pad_token_id(groups[0].prompt, model)
     batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
     local_tokens = torch.tensor(float(sum(b["completion_mask"].sum() for b in batches)), device=accelerator.device)
@@ -201,8 +200,13 @@ def reference_logprobs(ref_model, model, batch):
     """pi_ref: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
     if ref_model is not None:
         return qwen_vl.completion_logprobs(ref_model, batch)
-    with qwen_vl.adapter_disabled(model):
+    with qwen_vl_peft(model).disable_adapter():
         return qwen_vl.completion_logprobs(model, batch)
+
+
+def qwen_vl_peft(model):
+    """The peft model under a DDP/FSDP wrapper."""
+    return getattr(model, "module", model)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -221,7 +225,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     np.random.seed(cfg.seed)
 
     examples = load_training_examples(cfg)
-    model, processor = qwen_vl.load_policy(resolve_model_path(cfg.model), dtype=cfg.dtype, device=accelerator.device)
+    dtype = {"auto": torch.bfloat16 if torch.cuda.is_available() else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    model, processor = qwen_vl.load_policy(resolve_model_path(cfg.model), dtype=dtype, device=accelerator.device)
+    pad_id = qwen_vl.pad_token_id(processor)
     if cfg.freeze_vision:
         qwen_vl.freeze_vision_tower(model)
     ref_model = None
@@ -230,7 +236,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     elif cfg.beta:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        qwen_vl.enable_gradient_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -239,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     counters, start = Counters(), 0
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, lambda d: qwen_vl.load_weights(policy, d), optimizer)
+        state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), optimizer)
         start = state["step"]
         counters = Counters(**state["counters"])
         accelerator.print(f"resumed from {checkpoint} at step {start}")
@@ -288,7 +294,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
 
         # 4. loss and optimizer step
         model.train()
-        stats, entropies, applied = update(cfg, model, ref_model, optimizer, groups, adv, accelerator)
+        stats, entropies, applied = update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id)
         if not applied:
             counters.skipped_steps += 1
             if logger:
