@@ -1,0 +1,358 @@
+"""Decode a video at a target frame rate under a frame cap and a Qwen-VL pixel budget.
+
+What is sampled (the contract with the model adapter, which shows frame i at i / fps):
+  * Times t_k = k / fps for k = 0, 1, ... while t_k < duration, counted from the first video frame.
+  * The frame returned for t_k is the frame on screen at t_k: the last frame whose presentation
+    time is <= t_k (+0.1 ms for float noise). Its presentation time is reported in ``timestamps``,
+    so ``timestamps[k]`` <= k / fps, within one source frame interval (exact when the source frame
+    grid contains k / fps, e.g. 2 FPS from 30 FPS).
+  * Frame cap: when 2 FPS would give more than ``max_frames`` frames, the rate is lowered to
+    ``max_frames / duration`` and ``Video.fps`` reports that effective rate (frames stay uniform in
+    time, so i / fps is still the frame's time); ``Video.capped`` says it happened.
+  * Duration: measured from the container's packet index (last frame's time + its duration),
+    never read from header metadata, which is missing or wrong in some files.
+
+Pixel budget, in Qwen-VL terms (one size for every frame of a clip):
+  * ``smart_resize`` as in qwen-vl-utils: each side rounded to a multiple of 28, aspect kept, area
+    scaled into [min_pixels, max_pixels]. When both cannot hold (e.g. min == max with an aspect
+    ratio that no pair of 28-multiples has), max_pixels wins: it is the cost bound.
+  * Clip budget: the per-frame maximum becomes min(max_pixels, max(min_pixels, total_pixels / T))
+    for T frames. Unlike qwen-vl-utils, which counts total_pixels per 2-frame grid slice,
+    ``total_pixels`` here bounds the pixels of all T frames (T * h * w <= total_pixels) unless
+    that would push frames below min_pixels.
+
+How it decodes (PyAV): one demux pass reads the packet index (presentation times, keyframes;
+no decoding). Each wanted frame then either decodes forward from where the decoder is, or, when a
+keyframe lies between the decoder's position and the wanted frame, seeks to that keyframe first.
+So sparse targets (interval longer than the GOP) skip whole GOPs, and dense targets decode
+sequentially. Only the wanted frames are converted to RGB and resized (swscale, area filter).
+decord is an optional backend (``backend="decord"``, or ``"auto"`` when installed).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FACTOR = 28  # Qwen2/2.5-VL: 14-px patches merged 2x2
+TIME_EPS = 1e-4  # seconds; float noise in pts * time_base
+BACKENDS = ("auto", "pyav", "decord")
+
+
+class VideoDecodeError(RuntimeError):
+    """A video file exists but cannot be decoded (corrupt, truncated, no video stream). Names the file."""
+
+
+@dataclass
+class Video:
+    """Frames sampled from one video.
+
+    frames:      uint8 [T, H, W, 3] RGB.
+    fps:         the rate the frames represent: frame i is the video at i / fps seconds. The
+                 requested fps, or max_frames / duration when the frame cap lowered it.
+    timestamps:  float64 [T], presentation time (seconds from the first frame) of each frame returned.
+    duration:    source duration in seconds (measured from the packet index).
+    source_fps:  the source's average frame rate (frames / duration).
+    capped:      True when max_frames lowered the rate below the requested fps.
+    backend:     "pyav" or "decord".
+    """
+
+    frames: np.ndarray
+    fps: float
+    timestamps: np.ndarray
+    duration: float
+    source_fps: float
+    capped: bool = False
+    backend: str = "pyav"
+    path: str = field(default="", compare=False)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+# ---------------------------------------------------------------- budget and times (pure)
+
+
+def smart_resize(height: int, width: int, *, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
+    """(h, w), multiples of ``factor``, aspect ratio kept, area in [min_pixels, max_pixels] (max wins).
+
+    Follows qwen-vl-utils' smart_resize: round each side to the factor; if the area is too big,
+    scale down and floor; if too small, scale up and ceil.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"smart_resize: frame size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"smart_resize: aspect ratio of {height}x{width} above 200")
+    if min_pixels > max_pixels:
+        raise ValueError(f"smart_resize: min_pixels {min_pixels} > max_pixels {max_pixels}")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+        if h * w > max_pixels:  # ceil overshot a max close to min: max wins
+            return smart_resize(height, width, min_pixels=0, max_pixels=max_pixels, factor=factor)
+    return h, w
+
+
+def clip_frame_size(height: int, width: int, n_frames: int, *, min_pixels: int, max_pixels: int,
+                    total_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
+    """The one (h, w) for all n_frames of a clip: per-frame max shrinks to total_pixels / n_frames."""
+    frame_max = min(max_pixels, max(min_pixels, total_pixels // max(1, n_frames)))
+    return smart_resize(height, width, min_pixels=min_pixels, max_pixels=frame_max, factor=factor)
+
+
+def sample_times(duration: float, fps: float, max_frames: int) -> tuple[np.ndarray, float, bool]:
+    """Times k / rate in [0, duration), at most max_frames of them; returns (times, rate, capped)."""
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    n = max(1, math.ceil(duration * fps - 1e-9))
+    rate, capped = float(fps), False
+    if n > max_frames:
+        n, rate, capped = max_frames, max_frames / duration, True
+    return np.arange(n) / rate, rate, capped
+
+
+def pick_frames(frame_times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index (into sorted frame_times) of the frame on screen at each target time."""
+    index = np.searchsorted(frame_times, targets + TIME_EPS, side="right") - 1
+    return np.clip(index, 0, len(frame_times) - 1)
+
+
+# ---------------------------------------------------------------- PyAV
+
+
+@dataclass
+class PacketIndex:
+    """The video stream's frames from one demux pass (no decoding)."""
+
+    pts: np.ndarray  # int64, sorted presentation timestamps in stream time_base units
+    keyframe_pts: np.ndarray  # int64, sorted
+    time_base: float
+    start_pts: int
+    duration: float  # seconds
+    uses_pts: bool  # False: the stream has no timestamps, frame k is at k / average_rate
+
+    def times(self, pts) -> np.ndarray:
+        return (np.asarray(pts, dtype=np.float64) - self.start_pts) * self.time_base
+
+
+def _open(path: str):
+    import av
+
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.error.FileNotFoundError as err:  # raced with a delete
+        raise FileNotFoundError(errno.ENOENT, "video not found", path) from err
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as err:
+        raise VideoDecodeError(f"{path}: cannot open as a video ({err})") from err
+
+
+def read_packet_index(container, stream, path: str) -> PacketIndex:
+    import av
+
+    pts, keys, durations = [], [], []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            pts.append(packet.pts)
+            keys.append(packet.is_keyframe)
+            durations.append(packet.duration or 0)
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: unreadable packets ({err})") from err
+    if not pts:
+        raise VideoDecodeError(f"{path}: the video stream holds no frames")
+    declared = stream.frames or 0
+    if declared and len(pts) < declared:
+        raise VideoDecodeError(f"{path}: truncated: {len(pts)} of {declared} frames present")
+    uses_pts = all(p is not None for p in pts)
+    if uses_pts:
+        time_base = float(stream.time_base)
+        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+        pts_arr = np.asarray(pts, dtype=np.int64)[order]
+        keyframe_pts = np.sort(np.asarray([p for p, k in zip(pts, keys) if k], dtype=np.int64))
+        last = int(np.asarray(durations, dtype=np.int64)[order][-1])
+        if last <= 0:  # no packet duration: use the typical frame interval
+            last = int(np.median(np.diff(pts_arr))) if len(pts_arr) > 1 else 0
+        start = int(pts_arr[0])
+        duration = (int(pts_arr[-1]) + last - start) * time_base
+    else:  # no timestamps (raw elementary streams): frame k at k / rate
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        if rate <= 0:
+            raise VideoDecodeError(f"{path}: no timestamps and no frame rate")
+        time_base, start = 1.0 / rate, 0
+        pts_arr = np.arange(len(pts), dtype=np.int64)
+        keyframe_pts = np.asarray([0], dtype=np.int64)  # no seeking without timestamps
+        duration = len(pts) / rate
+    if duration <= 0:
+        duration = max(len(pts_arr), 1) * 1e-3  # a single frame without duration: a tiny positive length
+    return PacketIndex(pts_arr, keyframe_pts if len(keyframe_pts) else pts_arr[:1], time_base, start, duration, uses_pts)
+
+
+def _to_rgb(frame, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int) -> Video:
+    import av
+
+    with _open(path) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        index = read_packet_index(container, stream, path)
+        targets, rate, capped = sample_times(index.duration, fps, max_frames)
+        frame_times = index.times(index.pts)
+        wanted = index.pts[pick_frames(frame_times, targets)]  # pts of the frame for each target
+        size = None
+        frames: list[np.ndarray] = []
+        try:
+            if not index.uses_pts:
+                frames, size = _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels)
+            else:
+                frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path)
+        except av.error.FFmpegError as err:
+            raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
+        if len(frames) != len(wanted):
+            raise VideoDecodeError(f"{path}: decoded {len(frames)} of {len(wanted)} wanted frames (truncated or corrupt)")
+    return Video(frames=np.stack(frames), fps=rate, timestamps=index.times(wanted), duration=index.duration,
+                 source_fps=len(index.pts) / index.duration, capped=capped, backend="pyav", path=path)
+
+
+def _size_for(frame, n, min_pixels, max_pixels, total_pixels):
+    return clip_frame_size(frame.height, frame.width, n, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+
+
+def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path):
+    """Decode the wanted frames (pts, ascending, repeats allowed), seeking past GOPs with no wanted frame."""
+    frames, size = [], None
+    decoder = previous_found = None
+    last = None  # (pts, frame) most recently decoded
+    before_last = None  # the frame decoded before `last`
+    for target in map(int, wanted):
+        if last is None or last[0] != target:
+            keyframe = int(index.keyframe_pts[max(0, np.searchsorted(index.keyframe_pts, target, side="right") - 1)])
+            if decoder is None or last is None or keyframe > last[0] or target < last[0]:
+                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+                decoder = container.decode(stream)
+                last = before_last = None
+            for frame in decoder:
+                if frame.pts is None:
+                    continue
+                before_last, last = last, (frame.pts, frame)
+                if frame.pts >= target:
+                    break
+            if last is None or last[0] < target:
+                raise VideoDecodeError(f"{path}: frame at {index.times([target])[0]:.3f} s could not be decoded (truncated or corrupt)")
+        found = last[1]
+        if last[0] > target and before_last is not None:  # the index promised a frame that never came
+            found = before_last[1]
+        if size is None:
+            size = _size_for(found, len(wanted), min_pixels, max_pixels, total_pixels)
+        frames.append(frames[-1] if frames and found is previous_found else _to_rgb(found, size))
+        previous_found = found
+    return frames, size
+
+
+def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels):
+    """Streams without timestamps: decode in order, frame k is the k-th decoded frame."""
+    frames, size = [], None
+    positions = list(map(int, wanted))
+    k = 0
+    cursor = 0
+    for frame in container.decode(stream):
+        while cursor < len(positions) and positions[cursor] == k:
+            if size is None:
+                size = _size_for(frame, len(positions), min_pixels, max_pixels, total_pixels)
+            frames.append(_to_rgb(frame, size))
+            cursor += 1
+        k += 1
+        if cursor == len(positions):
+            break
+    return frames, size
+
+
+def decode_all_frames(path: str) -> int:
+    """Decode every frame (no conversion); returns the count. The baseline of benchmarks/bench_video.py."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+
+
+# ---------------------------------------------------------------- decord (optional)
+
+
+def decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+    except Exception:  # not installed, or a broken wheel
+        return False
+    return True
+
+
+def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int) -> Video:
+    """Same sampling rule through decord (frame times from its index); resized with swscale like PyAV."""
+    import av
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        n = len(reader)
+        spans = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64).reshape(n, 2)
+    except decord.DECORDError as err:
+        raise VideoDecodeError(f"{path}: cannot open as a video with decord ({err})") from err
+    if n == 0:
+        raise VideoDecodeError(f"{path}: the video stream holds no frames")
+    starts = spans[:, 0] - spans[0, 0]
+    duration = float(spans[-1, 1] - spans[0, 0]) or n * 1e-3
+    targets, rate, capped = sample_times(duration, fps, max_frames)
+    chosen = pick_frames(starts, targets)
+    try:
+        batch = reader.get_batch(chosen.tolist()).asnumpy()
+    except decord.DECORDError as err:
+        raise VideoDecodeError(f"{path}: decoding failed with decord ({err})") from err
+    h, w = clip_frame_size(batch.shape[1], batch.shape[2], len(chosen), min_pixels=min_pixels,
+                           max_pixels=max_pixels, total_pixels=total_pixels)
+    frames = np.stack([_to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"), (h, w)) for f in batch])
+    return Video(frames=frames, fps=rate, timestamps=starts[chosen], duration=duration, source_fps=n / duration,
+                 capped=capped, backend="decord", path=path)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "decord" if decord_available() else "pyav"
+    if backend == "decord" and not decord_available():
+        raise ImportError("backend='decord' needs the decord package (pip install 'tempsamp[decord]')")
+    return backend
+
+
+def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, max_pixels: int, total_pixels: int,
+           backend: str = "pyav") -> Video:
+    """Sample frames from ``path`` (no cache); see the module docstring for the rules."""
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, "video not found", path)
+    backend = resolve_backend(backend)
+    fn = decode_decord if backend == "decord" else decode_pyav
+    return fn(path, fps=fps, max_frames=max_frames, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
