@@ -109,7 +109,13 @@ def clip_frame_size(height: int, width: int, n_frames: int, *, min_pixels: int, 
                     total_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
     """The one (h, w) for all n_frames of a clip: per-frame max shrinks to total_pixels / n_frames."""
     frame_max = min(max_pixels, max(min_pixels, total_pixels // max(1, n_frames)))
-    return smart_resize(height, width, min_pixels=min_pixels, max_pixels=frame_max, factor=factor)
+    h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=frame_max, factor=factor)
+    if h * w < min_pixels:  # flooring to the clip budget fell under min: the smallest size at or above it
+        beta = math.sqrt(min_pixels / (height * width))
+        up = (math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor)
+        if up[0] * up[1] <= max_pixels:
+            h, w = up
+    return h, w
 
 
 def sample_times(duration: float, fps: float, max_frames: int) -> tuple[np.ndarray, float, bool]:
@@ -222,10 +228,20 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
         size = None
         frames: list[np.ndarray] = []
         try:
-            if not index.uses_pts:
-                frames, size = _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels)
+            if not index.uses_pts:  # no timestamps, so no seeking: decode again from the start
+                with _open(path) as again:
+                    stream = again.streams.video[0]
+                    stream.thread_type = "AUTO"
+                    frames, size = _decode_sequential(again, stream, index, wanted, min_pixels, max_pixels, total_pixels)
             else:
-                frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path)
+                try:
+                    frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path)
+                except _SeekMissed:  # this container cannot seek precisely: decode forward from the start
+                    with _open(path) as again:
+                        stream = again.streams.video[0]
+                        stream.thread_type = "AUTO"
+                        frames, size = _decode_with_seeks(again, stream, index, wanted, min_pixels, max_pixels,
+                                                          total_pixels, path, allow_seek=False)
         except av.error.FFmpegError as err:
             raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
         if len(frames) != len(wanted):
@@ -238,8 +254,16 @@ def _size_for(frame, n, min_pixels, max_pixels, total_pixels):
     return clip_frame_size(frame.height, frame.width, n, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
 
 
-def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path):
-    """Decode the wanted frames (pts, ascending, repeats allowed), seeking past GOPs with no wanted frame."""
+class _SeekMissed(Exception):
+    """A seek landed after the frame it was meant to reach (e.g. MPEG-TS, which seeks by byte estimates)."""
+
+
+def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path, allow_seek=True):
+    """Decode the wanted frames (pts, ascending, repeats allowed).
+
+    With allow_seek, jump to the wanted frame's keyframe whenever that keyframe lies past the
+    decoder's position; otherwise decode forward from the start.
+    """
     frames, size = [], None
     decoder = previous_found = None
     last = None  # (pts, frame) most recently decoded
@@ -247,13 +271,20 @@ def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels,
     for target in map(int, wanted):
         if last is None or last[0] != target:
             keyframe = int(index.keyframe_pts[max(0, np.searchsorted(index.keyframe_pts, target, side="right") - 1)])
-            if decoder is None or last is None or keyframe > last[0] or target < last[0]:
-                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+            seeked = False
+            if decoder is None:
+                if allow_seek:
+                    container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+                    seeked = True
                 decoder = container.decode(stream)
-                last = before_last = None
+            elif allow_seek and (keyframe > last[0] or target < last[0]):
+                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+                decoder, last, before_last, seeked = container.decode(stream), None, None, True
             for frame in decoder:
                 if frame.pts is None:
                     continue
+                if seeked and last is None and frame.pts > target:
+                    raise _SeekMissed()
                 before_last, last = last, (frame.pts, frame)
                 if frame.pts >= target:
                     break
