@@ -1,0 +1,1 @@
+"""Evaluation: metrics identical to the references (grounding, QVHighlights), scoring, inference."""
