@@ -45,9 +45,9 @@ import numpy as np
 
 SYNTH_VERSION = 1
 KINDS = ("appear", "move", "grow", "recolor")
-COLOURS = {  # name -> RGB, far apart after yuv420 compression
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 245), "yellow": (240, 220, 40),
-    "purple": (165, 60, 225), "orange": (250, 140, 20), "white": (240, 240, 240), "cyan": (40, 215, 225),
+COLOURS = {  # name -> RGB: corners of the RGB cube, far apart after yuv420 compression and resizing
+    "red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 70, 250), "yellow": (235, 225, 30),
+    "magenta": (230, 40, 230), "cyan": (30, 220, 230), "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUND = (16, 16, 16)
@@ -93,7 +93,7 @@ class SynthConfig:
         if not self.kinds or unknown:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
         if not 1 <= self.objects <= min(len(SHAPES) * 2, len(COLOURS) - 2):
-            raise ValueError(f"objects must be 1..6, got {self.objects}")
+            raise ValueError(f"objects must be 1..{len(COLOURS) - 2}, got {self.objects}")
         if self.size // self.objects < 10:
             raise ValueError(f"{self.objects} lanes do not fit a {self.size}-px frame (need >= 10 px each)")
         if self.queries_per_video < 1 or self.distractors < 0:
@@ -177,10 +177,8 @@ def grounding_scene(rng, cfg: SynthConfig, video_id: str, attempts: int = 50) ->
         raise ValueError(f"cannot fit {n_events} events into a {duration:g}-s video with {cfg.objects} objects "
                          f"(event length {cfg.event_length}, kinds {cfg.kinds}): lower distractors/queries, "
                          "raise duration/objects, or add kinds")
-    _assign_moves(rng, cfg, scene)
-    asked = rng.permutation(len(scene.events))[: cfg.queries_per_video]
-    for q, e in enumerate(sorted(int(a) for a in asked)):
-        event = scene.events[e]
+    asked = [e for e in scene.events if e.qid is not None]
+    for q, event in enumerate(asked):
         event.qid = f"{video_id}#{q}"
         template = TEMPLATES[event.kind][rng.integers(len(TEMPLATES[event.kind]))]
         scene.queries.append({"qid": event.qid, "query": template.format(obj=scene.objects[event.obj].name, param=event.param),
@@ -189,49 +187,53 @@ def grounding_scene(rng, cfg: SynthConfig, video_id: str, attempts: int = 50) ->
 
 
 def _fill_events(rng, cfg: SynthConfig, scene: Scene, n_events: int) -> bool:
-    """Draw n_events events; False when they do not fit (the caller draws again).
+    """Draw n_events events, the first queries_per_video of the draw asked about; False when they do not fit.
 
     An object with an `appear` event is on screen only during it and takes part in nothing else
     (so every event keeps a length from event_length); the other objects are on screen throughout
-    and carry the move / grow / recolor events, at most one per (object, kind, direction/colour),
-    never overlapping on one object.
+    and carry the move / grow / recolor events, never overlapping on one object. An asked event's
+    (object, kind, direction/colour) happens nowhere else in the video, so its span is the only
+    answer; distractors may repeat among themselves.
     """
-    kinds = [str(k) for k in rng.choice(cfg.kinds, size=n_events)]
+    draws = [(str(k), i < cfg.queries_per_video) for i, k in enumerate(rng.choice(cfg.kinds, size=n_events))]
     others = [k for k in cfg.kinds if k != "appear"]
     max_appear = cfg.objects - 1 if others else cfg.objects  # keep a host for the other kinds
-    n_appear = min(kinds.count("appear"), max_appear)
-    if kinds.count("appear") > n_appear and not others:
+    appear = [d for d in draws if d[0] == "appear"]
+    if len(appear) > max_appear and not others:
         return False
-    kinds = ["appear"] * n_appear + [k for k in kinds if k != "appear"] + \
-        [str(rng.choice(others)) for _ in range(kinds.count("appear") - n_appear)]
+    # appear draws beyond max_appear become other kinds (asked ones first keep their slot)
+    appear = sorted(appear, key=lambda d: not d[1])
+    rest = [d for d in draws if d[0] != "appear"] + [(str(rng.choice(others)), a) for _, a in appear[max_appear:]]
+    appear = appear[:max_appear]
     order = [int(i) for i in rng.permutation(cfg.objects)]
-    for i in order[:n_appear]:
+    for i, (_, is_asked) in zip(order, appear):
         length = min(_grid_values(rng, *cfg.event_length, cfg.grid), scene.duration)
         start = _place(rng, length, 0.0, scene.duration, [], cfg.grid, 0.0)
-        scene.events.append(Event(i, "appear", start, start + length))
-    hosts = order[n_appear:]
-    taken_colours = {o.colour for o in scene.objects}
-    for kind in kinds[n_appear:]:
-        if not _add_event(rng, cfg, scene, kind, hosts, taken_colours):
+        scene.events.append(Event(i, "appear", start, start + length, qid="?" if is_asked else None))
+    hosts = order[len(appear):]
+    colours = [c for c in COLOURS if c not in {o.colour for o in scene.objects}]
+    rest.sort(key=lambda d: not d[1])  # asked first: distractors then avoid their (object, kind, param)
+    for kind, is_asked in rest:
+        if not _add_event(rng, cfg, scene, kind, hosts, colours, is_asked):
             return False
-    return True
+    return _assign_moves(rng, cfg, scene)
 
 
-def _add_event(rng, cfg: SynthConfig, scene: Scene, kind: str, hosts: list[int], taken_colours: set) -> bool:
-    """Place one event of `kind` on one of `hosts`, keeping (object, kind, param) unique; False if none fits."""
+def _add_event(rng, cfg: SynthConfig, scene: Scene, kind: str, hosts: list[int], colours: list[str], asked: bool) -> bool:
+    """Place one event of `kind` on one of `hosts`; False if none fits."""
     length = _grid_values(rng, *cfg.event_length, cfg.grid)
     for i in rng.permutation(hosts):
         i = int(i)
-        used = {e.param for e in scene.events if e.obj == i and e.kind == kind}
-        params = {"move": ["left", "right"], "grow": [""],
-                  "recolor": [c for c in COLOURS if c not in taken_colours]}[kind]
-        params = [p for p in params if p not in used]
+        # an asked event must be unique; a distractor must not repeat an asked one
+        blocked = {e.param for e in scene.events if e.obj == i and e.kind == kind and (asked or e.qid is not None)}
+        params = [p for p in {"move": ["left", "right"], "grow": [""], "recolor": colours}[kind] if p not in blocked]
         if not params:
             continue
         busy = [(e.start, e.end) for e in scene.events if e.obj == i]
         start = _place(rng, length, 0.0, scene.duration, busy, cfg.grid, cfg.grid)
         if start is not None:
-            scene.events.append(Event(i, kind, start, start + length, str(params[rng.integers(len(params))])))
+            param = str(params[rng.integers(len(params))])
+            scene.events.append(Event(i, kind, start, start + length, param, qid="?" if asked else None))
             return True
     return False
 
@@ -243,20 +245,45 @@ def _lane_geometry(cfg: SynthConfig, lane: int) -> tuple[float, int, int]:
     return (lane + 0.5) * lane_h, base, min(int(lane_h), int(round(base * GROW)))
 
 
-def _assign_moves(rng, cfg: SynthConfig, scene: Scene) -> None:
-    """Distances and start positions so every object stays on the canvas through all its moves."""
+def _assign_moves(rng, cfg: SynthConfig, scene: Scene, tries: int = 20) -> bool:
+    """Start positions, distances and distractor directions so every object stays on the canvas.
+
+    In time order from a random start: an asked move keeps its direction and needs room for at
+    least min(5 px/s, 60% of the lane) of travel (so consecutive 2-FPS frames differ by >= 2.5 px for
+    events up to ~5 s); a distractor move takes the allowed direction with more room. False if no
+    start position works (the caller draws the scene again).
+    """
     for i, obj in enumerate(scene.objects):
         _, _, grown = _lane_geometry(cfg, obj.lane)
-        room = cfg.size - grown  # the centre's range
+        lo_x, hi_x = grown / 2, cfg.size - grown / 2  # the centre's range
         moves = sorted((e for e in scene.events if e.obj == i and e.kind == "move"), key=lambda e: e.start)
-        for e in moves:
-            length = e.end - e.start
-            # at least 2.5 px per 0.5 s so consecutive 2-FPS frames differ; at most 12 px/s
-            low = min(room, 5.0 * length)
-            e.distance = float(rng.uniform(low, min(room, max(low, 12.0 * length))))
-        offsets = np.cumsum([0.0] + [(-1 if e.param == "left" else 1) * e.distance for e in moves])
-        lo, hi = grown / 2 - offsets.min(), cfg.size - grown / 2 - offsets.max()
-        obj.x0 = float(rng.uniform(lo, hi)) if hi >= lo else cfg.size / 2
+        if not moves:
+            obj.x0 = float(rng.uniform(lo_x, hi_x))
+            continue
+        asked_dirs = {e.param for e in moves if e.qid is not None}
+        free_dirs = [d for d in ("left", "right") if d not in asked_dirs] or ["left", "right"]
+        for _ in range(tries):
+            x = x0 = float(rng.uniform(lo_x, hi_x))
+            plan = []
+            for e in moves:
+                length = e.end - e.start
+                low, high = min(5.0 * length, 0.6 * (hi_x - lo_x)), 12.0 * length
+                room = {"left": x - lo_x, "right": hi_x - x}
+                direction = e.param if e.qid is not None else max(free_dirs, key=lambda d: room[d])
+                need = low if e.qid is not None else min(low, 2.0 * length)  # distractors: >= 1 px per 0.5 s
+                if room[direction] < need:
+                    break
+                distance = float(rng.uniform(need, max(need, min(high, room[direction]))))
+                plan.append((direction, distance))
+                x += distance if direction == "right" else -distance
+            else:
+                obj.x0 = x0
+                for e, (direction, distance) in zip(moves, plan):
+                    e.param, e.distance = direction, distance
+                break
+        else:
+            return False
+    return True
 
 
 def highlights_scene(rng, cfg: SynthConfig, video_id: str) -> Scene:
@@ -277,6 +304,7 @@ def highlights_scene(rng, cfg: SynthConfig, video_id: str) -> Scene:
                 g_start = _place(rng, g_len, start + grid, start + length - grid, [], grid, 0.0)
                 if g_start is not None:
                     scene.events.append(Event(i, "grow", g_start, g_start + g_len))
+    _assign_moves(rng, cfg, scene)  # no moves here: random positions
     for q, i in enumerate(sorted(int(i) for i in rng.permutation(cfg.objects)[: cfg.queries_per_video])):
         obj = scene.objects[i]
         windows = sorted(_presence(scene, i))
@@ -382,8 +410,8 @@ def split_videos(n: int, seed: int, fractions) -> list[str]:
         if fractions[k] > 0 and counts[k] == 0 and n >= 3:
             counts[k] = 1
     counts[0] = n - counts[1] - counts[2]
-    if counts[0] < 1:
-        raise ValueError(f"n = {n} is too small for splits {fractions}")
+    if any(f > 0 and c < 1 for f, c in zip(fractions, counts)):
+        raise ValueError(f"n = {n} is too small for splits {fractions}: every split needs a video")
     order = np.random.default_rng([seed, 2**31 - 1]).permutation(n)
     labels = [""] * n
     for rank, index in enumerate(order):
@@ -463,7 +491,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("grounding", "highlights"), default="grounding")
     parser.add_argument("--duration", type=_range, default=d.duration, help="video length in s, or LOW:HIGH (default 20)")
     parser.add_argument("--event-length", type=_range, default=d.event_length, help="event length in s, LOW:HIGH (default 2:6)")
-    parser.add_argument("--objects", type=int, default=d.objects, help="objects per video, 1-6 (default 3)")
+    parser.add_argument("--objects", type=int, default=d.objects, help="objects per video, 1-5 (default 3)")
     parser.add_argument("--distractors", type=int, default=d.distractors, help="unasked events per video (grounding; default 2)")
     parser.add_argument("--queries-per-video", type=int, default=d.queries_per_video, help="default: 4 (grounding), one per object (highlights)")
     parser.add_argument("--kinds", default=",".join(d.kinds), help=f"event kinds, comma-separated subset of {','.join(KINDS)}")
