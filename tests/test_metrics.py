@@ -176,6 +176,11 @@ def test_malformed_prediction_names_the_line():
     gt = [_gt(1, [[0, 10]])]
     with pytest.raises(ValueError, match=r"p.jsonl:3: field 'pred_relevant_windows'"):
         eval_submission([_mr(1, [[0, "x", 0.5]])], gt, submission_sources=["p.jsonl:3"])
+    with pytest.raises(ValueError, match=r"ground_truth\[0\]: field 'relevant_clip_ids'"):
+        eval_submission([{"qid": 1, "pred_saliency_scores": [1.0]}], [_gt(1, [[0, 2]], 4, [2], [[4, 4, 4]])])
+    # Extra columns are ignored (the official code reads w[0], w[1], w[2]), never reshaped into rows.
+    windows = [[0, 10, 0.9, 7], [50, 60, 0.5, 7], [70, 80, 0.4, 7]]
+    assert eval_submission([_mr(1, windows)], gt)["full"]["MR-mAP"]["0.5"] == 100.0
 
 
 # ------------------------------------------------------------------------- the official sample file

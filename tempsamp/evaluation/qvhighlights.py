@@ -45,8 +45,6 @@ Where this module departs from the official code, only for inputs that code cann
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
@@ -149,20 +147,47 @@ def align(submission: list[dict], ground_truth: list[dict], *, allow_missing: bo
     return lines, sources
 
 
+def _flat_ragged(rows: list[list], columns: int | None, field: str, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query lists -> (all values in one float array: [N] or [N, columns]; per-query lengths [Q]).
+
+    One numpy conversion for the whole file; only when it fails is each row converted on its own,
+    so that the error names the line and field.
+    """
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    tail = () if columns is None else (columns,)
+    flat = [value for row in rows for value in row]
+    try:
+        values = np.asarray(flat, dtype=np.float64) if flat else np.zeros((0,) + tail)
+        ok = values.shape[1:] == tail and bool(np.isfinite(values).all())
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:  # ragged, extra columns, or a bad value: row by row (raises with the place, if bad)
+        if columns is None:
+            parts = [_numbers(row, len(row), field, where) for row, where in zip(rows, sources)]
+        else:
+            parts = [_windows(row, columns, field, where) for row, where in zip(rows, sources)]
+        values = np.concatenate(parts).reshape((-1,) + tail) if parts else np.zeros((0,) + tail)
+    return values, lengths
+
+
+def _scatter(values: np.ndarray, lengths: np.ndarray, width: int, fill: float, keep=None) -> np.ndarray:
+    """Flat ragged values -> [Q, width, ...] array, row q holding its values from position 0.
+
+    ``keep`` ([Q]) keeps only the first keep[q] values of row q (the rest must fit in ``width``).
+    """
+    out = np.full((len(lengths), max(width, 1)) + values.shape[1:], fill)
+    query = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    if keep is not None:
+        kept = position < keep[query]
+        query, position, values = query[kept], position[kept], values[kept]
+    out[query, position] = values
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Moment retrieval
 # --------------------------------------------------------------------------------------------------
-
-def _pad(rows: list[np.ndarray], width: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged rows of windows -> [Q, width, columns] NaN-padded array and its [Q, width] validity mask."""
-    out = np.full((len(rows), max(width, 1), columns), np.nan)
-    valid = np.zeros((len(rows), max(width, 1)), dtype=bool)
-    for q, row in enumerate(rows):
-        if len(row):
-            out[q, : len(row)] = row
-            valid[q, : len(row)] = True
-    return out, valid
-
 
 def cross_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """[Q, K, 2] x [Q, G, 2] -> [Q, K, G] IoU with the official union len1 + len2 - inter (0 if union <= 0)."""
@@ -213,23 +238,43 @@ def _interpolated_ap(tp: np.ndarray, pred_valid: np.ndarray, n_gt: np.ndarray) -
 
 
 def _pack_moments(lines: list[dict | None], sources: list[str], ground_truth: list[dict], gt_sources: list[str]):
-    preds, tops, gts = [], [], []
-    for line, where, gt, gt_where in zip(lines, sources, ground_truth, gt_sources):
-        windows = [] if line is None else _list_field(line, "pred_relevant_windows", where)
-        windows = _windows(windows[:MAX_PRED_WINDOWS], 3, "pred_relevant_windows", where)
-        preds.append(windows)
-        tops.append(windows[0, :2] if len(windows) else [np.nan, np.nan])
-        gt_windows = _windows(_list_field(gt, "relevant_windows", gt_where), 2, "relevant_windows", gt_where)
-        if not len(gt_windows):
-            raise ValueError(f"{gt_where}: field 'relevant_windows': a query needs at least one ground-truth window")
-        gts.append(gt_windows)
-    pred, pred_valid = _pad(preds, max(map(len, preds), default=0), 3)
-    gt, gt_valid = _pad(gts, max(map(len, gts), default=0), 2)
+    pred_rows = [[] if line is None else _list_field(line, "pred_relevant_windows", where)[:MAX_PRED_WINDOWS]
+                 for line, where in zip(lines, sources)]
+    gt_rows = [_list_field(gt, "relevant_windows", where) for gt, where in zip(ground_truth, gt_sources)]
+    for row, where in zip(gt_rows, gt_sources):
+        if not row:
+            raise ValueError(f"{where}: field 'relevant_windows': a query needs at least one ground-truth window")
+    values, n_pred = _flat_ragged(pred_rows, 3, "pred_relevant_windows", sources)
+    pred = _scatter(values, n_pred, int(n_pred.max(initial=0)), np.nan)
+    values, n_gt = _flat_ragged(gt_rows, 2, "relevant_windows", gt_sources)
+    gt = _scatter(values, n_gt, int(n_gt.max(initial=0)), np.nan)
+    pred_valid = np.arange(pred.shape[1])[None, :] < n_pred[:, None]
+    gt_valid = np.arange(gt.shape[1])[None, :] < n_gt[:, None]
+    top1 = pred[:, 0, :2].copy()  # list order, before sorting by score; NaN when there is none
     # Sort by score, descending; stable, so tied scores keep list order. Padding sorts last.
     order = np.argsort(np.where(pred_valid, -pred[..., 2], np.inf), axis=1, kind="stable")
     pred = np.take_along_axis(pred, order[..., None], axis=1)
     pred_valid = np.take_along_axis(pred_valid, order, axis=1)
-    return pred, pred_valid, np.array(tops, dtype=np.float64).reshape(-1, 2), gt, gt_valid
+    return pred, pred_valid, top1, gt, gt_valid
+
+
+def _split_true_positives(iou: np.ndarray, pred_valid: np.ndarray, in_range: np.ndarray) -> np.ndarray:
+    """[Q, T, K] true positives against each query's in-range GT windows only.
+
+    The in-range windows move to the front (stably: the tie rule depends on their order), and queries
+    are matched in buckets of similar window counts, so one query with 25 windows widens no other.
+    """
+    order = np.argsort(~in_range, axis=1, kind="stable")
+    iou = np.take_along_axis(iou, order[:, None, :], axis=2)
+    n_gt = in_range.sum(axis=1)
+    gt_valid = np.arange(in_range.shape[1])[None, :] < n_gt[:, None]
+    bucket = 2 ** np.ceil(np.log2(np.maximum(n_gt, 1))).astype(np.int64)
+    tp = np.zeros((len(iou), len(IOU_THRESHOLDS), iou.shape[1]), dtype=bool)
+    for width in np.unique(bucket):
+        rows = bucket == width
+        tp[rows] = _greedy_true_positives(iou[rows][:, :, :width], pred_valid[rows], gt_valid[rows][:, :width],
+                                          IOU_THRESHOLDS)
+    return tp
 
 
 def _top1_iou(top1: np.ndarray, gt: np.ndarray, gt_valid: np.ndarray) -> np.ndarray:
@@ -256,7 +301,7 @@ def eval_moment_retrieval(lines: list[dict | None], ground_truth: list[dict], *,
     for name, (low, high) in LENGTH_RANGES.items():
         in_range = gt_valid if name == "full" else gt_valid & (gt_length > low) & (gt_length <= high)
         queries = in_range.any(axis=1)
-        tp = _greedy_true_positives(iou[queries], pred_valid[queries], in_range[queries], IOU_THRESHOLDS)
+        tp = _split_true_positives(iou[queries], pred_valid[queries], in_range[queries])
         ap = _interpolated_ap(tp, pred_valid[queries], in_range[queries].sum(axis=1))  # [Q, T]
         map_at = {str(t): _percent_or_none(ap[:, i]) for i, t in enumerate(IOU_THRESHOLDS)}
         map_at["average"] = _percent(ap.mean(axis=0).mean()) if ap.size else None
@@ -271,31 +316,31 @@ def eval_moment_retrieval(lines: list[dict | None], ground_truth: list[dict], *,
 # --------------------------------------------------------------------------------------------------
 
 def _pack_highlights(lines: list[dict | None], sources: list[str], ground_truth: list[dict], gt_sources: list[str]):
-    n_clips = []
-    for gt, where in zip(ground_truth, gt_sources):
-        duration = _numbers([gt.get("duration")], 1, "duration", where)[0]
-        if int(duration / CLIP_SECONDS) < 1:
+    """(clips per video [Q], GT scores [Q, C, 3], AP input [Q, C], HIT@1 input [Q, L], saliency list lengths [Q])."""
+    durations, _ = _flat_ragged([[gt.get("duration")] for gt in ground_truth], None, "duration", gt_sources)
+    n_clips = (durations / CLIP_SECONDS).astype(np.int64)  # int(duration / 2), as the official code
+    for count, duration, where in zip(n_clips, durations, gt_sources):
+        if count < 1:
             raise ValueError(f"{where}: field 'duration': {duration} s holds no {CLIP_SECONDS}-s clip")
-        n_clips.append(int(duration / CLIP_SECONDS))
-    n_clips = np.array(n_clips, dtype=np.int64)
     width = int(n_clips.max(initial=1))
+    id_rows = [_list_field(gt, "relevant_clip_ids", where) for gt, where in zip(ground_truth, gt_sources)]
+    score_rows = [_list_field(gt, "saliency_scores", where) for gt, where in zip(ground_truth, gt_sources)]
+    ids, n_ids = _flat_ragged(id_rows, None, "relevant_clip_ids", gt_sources)
+    scores, n_scores = _flat_ragged(score_rows, N_ANNOTATORS, "saliency_scores", gt_sources)
+    query = np.repeat(np.arange(len(ground_truth)), n_ids)
+    bad = (n_ids != n_scores) | np.bincount(query, weights=(ids != np.round(ids)) | (ids < 0)
+                                            | (ids >= n_clips[query]), minlength=len(ground_truth)).astype(bool)
+    if bad.any():
+        q = int(np.argmax(bad))
+        raise ValueError(f"{gt_sources[q]}: field 'relevant_clip_ids': expected {len(score_rows[q])} clip ids in "
+                         f"0..{n_clips[q] - 1} (one per saliency_scores row), got {id_rows[q]!r}")
     gt_scores = np.zeros((len(ground_truth), width, N_ANNOTATORS))
-    for q, (gt, where) in enumerate(zip(ground_truth, gt_sources)):
-        clip_ids = _list_field(gt, "relevant_clip_ids", where)
-        scores = _list_field(gt, "saliency_scores", where)
-        if len(clip_ids) != len(scores):
-            raise ValueError(f"{where}: field 'saliency_scores': {len(scores)} rows for {len(clip_ids)} relevant clips")
-        if not clip_ids:
-            continue
-        ids = np.asarray(clip_ids)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.min() < 0 or ids.max() >= n_clips[q]:
-            raise ValueError(f"{where}: field 'relevant_clip_ids': expected clip ids in 0..{n_clips[q] - 1}, got {clip_ids!r}")
-        gt_scores[q, ids] = _windows(scores, N_ANNOTATORS, "saliency_scores", where)
-    predicted = []
-    for line, where in zip(lines, sources):
-        scores = [] if line is None else _list_field(line, "pred_saliency_scores", where)
-        predicted.append(_numbers(scores, len(scores), "pred_saliency_scores", where))
-    return n_clips, gt_scores, predicted
+    gt_scores[query, ids.astype(np.int64)] = scores
+    rows = [[] if line is None else _list_field(line, "pred_saliency_scores", where) for line, where in zip(lines, sources)]
+    values, n_values = _flat_ragged(rows, None, "pred_saliency_scores", sources)
+    for_ap = _scatter(values, n_values, width, 0.0, keep=n_clips)  # truncated or zero-padded to the clips
+    for_hit = _scatter(values, n_values, int(n_values.max(initial=0)), -np.inf)  # the full list
+    return n_clips, gt_scores, for_ap, for_hit, n_values
 
 
 def saliency_average_precision(labels: np.ndarray, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -333,30 +378,20 @@ def eval_highlight(lines: list[dict | None], ground_truth: list[dict], *, source
     """{"HL-min-Fair"|"HL-min-Good"|"HL-min-VeryGood": {"HL-mAP", "HL-Hit1"}} for aligned lines."""
     sources = sources or [f"submission[{i}]" for i in range(len(lines))]
     gt_sources = gt_sources or [f"ground_truth[{i}]" for i in range(len(ground_truth))]
-    n_clips, gt_scores, predicted = _pack_highlights(lines, sources, ground_truth, gt_sources)
+    n_clips, gt_scores, for_ap, for_hit, n_values = _pack_highlights(lines, sources, ground_truth, gt_sources)
     n_queries, width = gt_scores.shape[:2]
     missing = np.array([line is None for line in lines], dtype=bool)
     valid = np.arange(width)[None, :] < n_clips[:, None]
-    # HL-mAP input: the prediction truncated or zero-padded to the video's clip count.
-    padded = np.zeros((n_queries, width))
-    for q, scores in enumerate(predicted):
-        kept = scores[: n_clips[q]]
-        padded[q, : len(kept)] = kept
-    # HIT@1 input: the argmax over the full list.
-    longest = max(map(len, predicted), default=0)
-    full = np.full((n_queries, max(longest, 1)), -np.inf)
-    for q, scores in enumerate(predicted):
-        full[q, : len(scores)] = scores
-    top_clip = np.argmax(full, axis=1)
-    top_in_video = np.array([len(s) > 0 for s in predicted]) & (top_clip < n_clips) & ~missing
-    results = {}
-    for name, level in SALIENCY_LEVELS.items():
-        positive = (gt_scores >= level).astype(np.float64)  # [Q, C, A]
-        ap = saliency_average_precision(positive.transpose(0, 2, 1), padded, valid)
-        ap[missing] = 0.0
-        hit = positive[np.arange(n_queries), np.minimum(top_clip, width - 1)].max(axis=1) * top_in_video
-        results[f"HL-min-{name}"] = {"HL-mAP": _percent_or_none(ap), "HL-Hit1": _percent_or_none(hit)}
-    return results
+    levels = list(SALIENCY_LEVELS.values())
+    positive = gt_scores[:, None, :, :] >= np.array(levels)[None, :, None, None]  # [Q, level, C, A]
+    labels = positive.transpose(0, 1, 3, 2).reshape(n_queries, -1, width).astype(np.float64)  # [Q, level x A, C]
+    ap = saliency_average_precision(labels, for_ap, valid).reshape(n_queries, len(levels), N_ANNOTATORS)
+    ap[missing] = 0.0
+    top_clip = np.argmax(for_hit, axis=1)  # the first on ties
+    top_in_video = (n_values > 0) & (top_clip < n_clips) & ~missing
+    hit = positive[np.arange(n_queries), :, np.minimum(top_clip, width - 1), :].any(axis=-1) & top_in_video[:, None]
+    return {f"HL-min-{name}": {"HL-mAP": _percent_or_none(ap[:, i]), "HL-Hit1": _percent_or_none(hit[:, i])}
+            for i, name in enumerate(SALIENCY_LEVELS)}
 
 
 # --------------------------------------------------------------------------------------------------
