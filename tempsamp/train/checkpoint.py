@@ -98,10 +98,32 @@ def load_model_weights(model, model_dir: str | Path) -> None:
         state.update(load_file(str(shard)))
     if not state:
         raise FileNotFoundError(f"{model_dir}: no safetensors weights")
+    state = _to_module_names(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
     if unexpected or set(missing) - tied:
         raise ValueError(f"{model_dir}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})")
+
+
+def _to_module_names(model, state: dict) -> dict:
+    """Saved names -> the model's own parameter names.
+
+    transformers 5 saves some families under their original checkpoint names (Qwen2.5-VL:
+    ``visual.*``, ``model.layers.*``) while the module holds ``model.visual.*``,
+    ``model.language_model.layers.*``; ``from_pretrained`` renames on load. The inverse of that
+    renaming is read off transformers' own save-time mapping, one parameter at a time.
+    """
+    own = model.state_dict()
+    if set(state) <= set(own):
+        return state
+    from transformers.core_model_loading import revert_weight_conversion
+
+    saved_to_own = {}
+    for name, tensor in own.items():
+        reverted = revert_weight_conversion(model, {name: tensor})
+        if len(reverted) == 1:
+            saved_to_own[next(iter(reverted))] = name
+    return {saved_to_own.get(name, name): tensor for name, tensor in state.items()}
 
 
 def load_checkpoint(path, model_param_loader, optimizer) -> dict:

@@ -52,6 +52,9 @@ class TrainConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    rollout_engine: str = "transformers"  # transformers (default) | vllm (GPU, optional extra)
+    vllm_gpu_memory_utilization: float = 0.3  # the colocated vLLM's share of each GPU
+    vllm_max_model_len: int = 8192
 
     # algorithm
     strategy: str = "shaping"  # grpo | mixed | reward_scaling | anchor | shaping | shaping+anchor
@@ -114,6 +117,8 @@ class TrainConfig:
         for i, stage in enumerate(self.stages):
             if stage.get("mode") not in MODES or int(stage.get("steps", -1)) < 0:
                 raise ValueError(f"stages[{i}]: needs mode in {MODES} and steps >= 0, got {stage}")
+        if self.rollout_engine not in ("transformers", "vllm"):
+            raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
         return self

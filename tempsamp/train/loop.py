@@ -4,6 +4,13 @@ One readable function, ``train(cfg)``. Every algorithmic piece is a call into th
 (tempsamp.advantages, tempsamp.loss, tempsamp.prompts); everything Qwen-specific is a call into the
 model adapter (tempsamp.models.qwen_vl). accelerate runs the same code on a CPU, one GPU, or many
 (DDP / FSDP / DeepSpeed): each process trains on whole groups, chosen by index.
+
+Across processes (tempsamp.train.schedule): a group's G rows never straddle processes, so its
+advantages are computed on the full group where it was sampled; the off-policy row is known by its
+flag (``Group.offpolicy``), never by its position; the loss is normalised by the token count of the
+whole step over all processes; every decision that changes control flow (skip a step) is taken on
+gathered values, so all processes take it together; and the logged scalars are computed once, from
+every process's groups gathered (each group counted once, in slot order).
 """
 
 from __future__ import annotations
@@ -44,7 +51,11 @@ class Group:
 
 @dataclass
 class Counters:
-    """Faults and totals carried across resumes (saved in state.json)."""
+    """Faults and totals carried across resumes (saved in state.json).
+
+    Each process counts its own step's faults in a fresh Counters; they are summed over processes
+    (``add``) into the run's totals, which are therefore the same on every process.
+    """
 
     bad_videos: int = 0
     nan_rewards: int = 0
@@ -53,6 +64,16 @@ class Counters:
     skipped_steps: int = 0
     loss_spikes: int = 0
     losses: list = field(default_factory=list)  # recent losses, for spike detection
+
+    FAULTS = ("bad_videos", "nan_rewards", "empty_completions", "parse_failures")
+
+    def add(self, step_faults: list[dict]) -> None:
+        for faults in step_faults:
+            for name in self.FAULTS:
+                setattr(self, name, getattr(self, name) + faults[name])
+
+    def faults(self) -> dict:
+        return {name: getattr(self, name) for name in self.FAULTS}
 
 
 # ---------------------------------------------------------------- set-up
@@ -88,26 +109,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.learning_rate
 
 
-def peak_memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
 # ---------------------------------------------------------------- the four stages of a step
 
 
-def rollout(cfg, model, processor, example, mode: str, seed: int, load_frames) -> Group:
+def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_frames) -> Group:
     """G-1 completions sampled from the policy (G for plain GRPO), plus the GT written as an answer."""
     video = load_frames(example)
     text = prompt_text(example.query, mode, duration=example.duration, task=example.task)
-    prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, device=model.device)
+    prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, device=device)
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
-    torch.manual_seed(seed)
-    ids, texts = qwen_vl.generate(
-        model, processor, prompt, num_samples=n_sampled, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, do_sample=True,
-    )
+    ids, texts = engine.sample(prompt, video.frames, video.fps, text, num_samples=n_sampled, seed=seed)
     offpolicy = [False] * n_sampled
     if cfg.uses_offpolicy:
         gt_text = offpolicy_text(example, mode)
@@ -130,6 +141,7 @@ def offpolicy_text(example, mode: str) -> str:
 
 
 def score(cfg, groups: list[Group], cot: bool, counters: Counters):
+    """``counters`` receives this process's parse failures, empty completions and NaN rewards."""
     """Rewards [groups, G] (task and format) and the off-policy mask, plus per-group scores for logging."""
     scores = [score_group(g.example, g.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score) for g in groups]
     for g, s in zip(groups, scores):
@@ -153,24 +165,29 @@ def advantages(cfg, task, fmt, off):
 def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
     """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
 
-    Returns (loss statistics, whether the step was applied). A step whose loss or gradients are not
-    finite is skipped (gradients zeroed), never applied.
+    Each group is one micro-batch (gradients accumulate; DDP syncs on the last one). Returns
+    (UpdateLog, whether the step was applied). A step whose loss or gradients are not finite on
+    any process is skipped by all (gradients zeroed), never applied.
     """
     batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
-    local_tokens = torch.tensor(float(sum(b["completion_mask"].sum() for b in batches)), device=accelerator.device)
-    normalizer = float(accelerator.reduce(local_tokens, reduction="sum")) / accelerator.num_processes
+    # Divided by the number of processes because DDP averages (not sums) the processes' gradients.
     if cfg.aggregation == "sequence_mean":
-        normalizer = float(accelerator.reduce(torch.tensor(float(sum(len(g.texts) for g in groups)), device=accelerator.device), reduction="sum")) / accelerator.num_processes
+        local_count = float(sum(len(g.texts) for g in groups))
+    else:
+        local_count = float(sum(b["completion_mask"].sum() for b in batches))
+    total = accelerator.reduce(torch.tensor(local_count, device=accelerator.device), reduction="sum")
+    normalizer = float(total) / accelerator.num_processes
 
     with torch.no_grad():
         ref = [reference_logprobs(ref_model, model, b) if cfg.beta else None for b in batches]
         old = [qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature) for b in batches] if cfg.updates_per_rollout > 1 else [None] * len(batches)
 
-    stats_all, applied = [], True
+    log = UpdateLog()
+    applied = True
     for _ in range(cfg.updates_per_rollout):
         optimizer.zero_grad(set_to_none=True)
-        entropies = []
+        pass_loss = 0.0
         for i, b in enumerate(batches):
             sync = accelerator.no_sync(model) if i < len(batches) - 1 else nullcontext()
             with sync:
@@ -180,20 +197,35 @@ def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
                     clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
                 )
                 accelerator.backward(loss)
-            stats.loss = float(loss)
-            stats_all.append(stats)
+            # The step's loss is the sum of its micro-batch losses (each already divided by the
+            # whole step's count); over P processes each holds P x its share, hence the / P.
+            pass_loss += float(loss.detach()) / accelerator.num_processes
+            log.kl.append(stats.kl)
+            log.clip_fraction.append(stats.clip_fraction)
             on = ~torch.tensor(groups[i].offpolicy, device=entropy.device)
             mask = b["completion_mask"].to(entropy.device)[on]
-            entropies.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
-        grads_finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        if not grads_finite or not all(math.isfinite(s.loss) for s in stats_all):
+            log.entropy.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
+        log.losses.append(pass_loss)
+        grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+        bad = torch.tensor(float(not (grads_finite and math.isfinite(pass_loss))), device=accelerator.device)
+        if float(accelerator.reduce(bad, reduction="sum")) > 0:
             optimizer.zero_grad(set_to_none=True)
             applied = False
             break
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
-    return stats_all, entropies, applied
+    return log, applied
+
+
+@dataclass
+class UpdateLog:
+    """One process's loss-side statistics for a step (plain floats, gathered for logging)."""
+
+    losses: list = field(default_factory=list)  # this process's share of the step loss, per update pass
+    kl: list = field(default_factory=list)  # per micro-batch (group)
+    clip_fraction: list = field(default_factory=list)
+    entropy: list = field(default_factory=list)  # on-policy rows only
 
 
 def reference_logprobs(ref_model, model, batch):
@@ -209,14 +241,88 @@ def qwen_vl_peft(model):
     return getattr(model, "module", model)
 
 
+# ---------------------------------------------------------------- what one process reports for a step
+
+
+def group_logs(slots, groups: list[Group], task, fmt_scores, scores, adv) -> list[dict]:
+    """Per group: what the logs need, as plain lists (cheap to gather across processes)."""
+    out = []
+    for i, (slot, g) in enumerate(zip(slots, groups)):
+        out.append({
+            "slot": slot,
+            "offpolicy": list(g.offpolicy),
+            "task": task[i].tolist(),
+            "format": fmt_scores[i].tolist(),
+            "parsed": scores[i].parsed.tolist(),
+            "iou": np.asarray(scores[i].iou, dtype=float).tolist(),
+            "adv": adv[i].tolist(),
+            "lengths": [len(ids) for ids in g.completion_ids],
+            "generated_tokens": g.generated_tokens,
+        })
+    return out
+
+
+def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
+    """The step's logged scalars from every process's report; each group counted once, in slot order.
+
+    On-policy averages exclude the GT row (its reward is ``reward/offpolicy``).
+    """
+    groups = sorted((g for r in reports for g in r["groups"]), key=lambda g: g["slot"])
+    on = np.array([not o for g in groups for o in g["offpolicy"]])
+    off = ~on
+    task = np.array([v for g in groups for v in g["task"]])
+    iou = np.array([v for g in groups for v in g["iou"]])
+    adv = np.array([v for g in groups for v in g["adv"]])
+    fmt = np.array([v for g in groups for v in g["format"]])
+    parsed = np.array([v for g in groups for v in g["parsed"]], dtype=bool)
+    lengths = np.array([v for g in groups for v in g["lengths"]])
+    top1 = [max(i for i, o in zip(g["iou"], g["offpolicy"]) if not o) for g in groups if not all(g["offpolicy"])]
+    rollout_seconds = max(r["rollout_seconds"] for r in reports)  # processes sample in parallel
+    generated = sum(g["generated_tokens"] for g in groups)
+
+    def mean(values):
+        values = [v for r in reports for v in values(r)]
+        return float(np.mean(values)) if values else None
+
+    losses = [r["update"].losses for r in reports]
+    passes = min(len(x) for x in losses)
+    return {
+        "reward/raw": float(task[on].mean()) if on.any() else None,
+        "reward/shaped": float(shape_rewards(torch.tensor(task[on]), cfg.tau, cfg.alpha1, cfg.alpha2).mean()) if on.any() else None,
+        "reward/offpolicy": float(task[off].mean()) if off.any() else None,
+        "iou/top1_onpolicy": float(np.mean(top1)) if top1 else None,
+        "iou/mean_onpolicy": float(iou[on].mean()) if on.any() else None,
+        "adv/offpolicy": float(adv[off].mean()) if off.any() else None,
+        "adv/frac_onpolicy_negative": float((adv[on] < 0).mean()) if on.any() else None,
+        "format/rate": float(fmt[on].mean()) if cot and on.any() else None,
+        "parse/failure_rate": float(1 - parsed[on].mean()) if on.any() else None,
+        "loss/value": float(np.mean([sum(x[k] for x in losses) for k in range(passes)])) if passes else None,
+        "loss/kl": mean(lambda r: r["update"].kl),
+        "loss/clip_fraction": mean(lambda r: r["update"].clip_fraction),
+        "policy/entropy": mean(lambda r: r["update"].entropy),
+        "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
+        "speed/rollout_seconds": rollout_seconds,
+        "speed/tokens_per_second": generated / max(rollout_seconds, 1e-9),
+        "groups": float(len(groups)),
+    }
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
 # ---------------------------------------------------------------- the recipe
 
 
 def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
     """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests)."""
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
     from tqdm import tqdm
 
+    from tempsamp.train.rollout_engine import make_engine
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
     accelerator = Accelerator()
@@ -226,7 +332,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
 
     examples = load_training_examples(cfg)
     dtype = {"auto": torch.bfloat16 if torch.cuda.is_available() else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    model, processor = qwen_vl.load_policy(resolve_model_path(cfg.model), dtype=dtype, device=accelerator.device)
+    model_path = resolve_model_path(cfg.model)
+    model, processor = qwen_vl.load_policy(model_path, dtype=dtype, device=accelerator.device)
     pad_id = qwen_vl.pad_token_id(processor)
     if cfg.freeze_vision:
         qwen_vl.freeze_vision_tower(model)
@@ -249,6 +356,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         start = state["step"]
         counters = Counters(**state["counters"])
         accelerator.print(f"resumed from {checkpoint} at step {start}")
+    engine = make_engine(cfg, policy, processor, model_path)
     logger = RunLogger(out) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -268,76 +376,80 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         cot = stage["mode"] == COT
         for group_ in optimizer.param_groups:
             group_["lr"] = lr_at(cfg, step)
+        faults = Counters()  # this process's faults in this step
 
         # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
         slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), accelerator.process_index, accelerator.num_processes)
         model.eval()
-        groups = []
+        groups, group_slots, events = [], [], []
         for slot, index in slots:
             try:
                 with torch.no_grad():
-                    groups.append(rollout(cfg, policy, processor, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+                    groups.append(rollout(cfg, engine, processor, accelerator.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+                group_slots.append(slot)
             except (FileNotFoundError, VideoDecodeError) as err:
-                counters.bad_videos += 1
-                if logger:
-                    logger.event(step, "bad_video", str(err))
+                faults.bad_videos += 1
+                events.append(("bad_video", str(err)))
         t_rollout = time.perf_counter() - t0
-        if not groups:
+
+        # A process without a usable group cannot take part in the step's gradient exchange:
+        # then no process updates (decided on gathered counts, so all agree).
+        group_counts = gather_object([len(groups)])
+        if min(group_counts) == 0:
+            reports = gather_object([{"faults": faults.faults(), "events": events}])
+            counters.add([r["faults"] for r in reports])
             counters.skipped_steps += 1
             if logger:
-                logger.event(step, "skipped_step", "no usable video in this step's queries")
+                for kind, message in [e for r in reports for e in r["events"]]:
+                    logger.event(step, kind, message)
+                logger.event(step, "skipped_step", f"no usable video on {group_counts.count(0)} of {len(group_counts)} processes")
             continue
 
-        # 2. score, 3. advantages
-        task, fmt, off, scores = score(cfg, groups, cot, counters)
+        # 2. score, 3. advantages (on whole groups: each group lives on one process)
+        task, fmt, off, scores = score(cfg, groups, cot, faults)
         adv = advantages(cfg, task, fmt, off)
 
-        # 4. loss and optimizer step
+        # 4. loss and optimizer step, then the sampler gets the new weights
         model.train()
-        stats, entropies, applied = update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id)
+        update_log, applied = update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id)
+        if applied:
+            engine.push_weights(policy)
+
+        # gather every process's report: faults, events and logs are counted once per group
+        fmt_scores = np.stack([s.format for s in scores])
+        report = {
+            "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
+            "groups": group_logs(group_slots, groups, task, fmt_scores, scores, adv),
+        }
+        reports = gather_object([report])
+        counters.add([r["faults"] for r in reports])
+        if logger:
+            for kind, message in [e for r in reports for e in r["events"]]:
+                logger.event(step, kind, message)
         if not applied:
             counters.skipped_steps += 1
             if logger:
                 logger.event(step, "skipped_step", "non-finite loss or gradient: update not applied")
-        loss_value = float(np.mean([s.loss for s in stats]))
+        scalars = step_scalars(cfg, reports, cot)
+        loss_value = scalars["loss/value"]
         recent = counters.losses[-50:]
-        if recent and abs(loss_value) > cfg.spike_factor * max(1e-8, float(np.median(np.abs(recent)))):
-            counters.loss_spikes += 1
-            if logger:
-                logger.event(step, "loss_spike", f"loss {loss_value:.4g} vs running median {np.median(np.abs(recent)):.4g}")
-        counters.losses = (recent + [loss_value])[-50:]
+        if loss_value is not None and math.isfinite(loss_value):
+            if recent and abs(loss_value) > cfg.spike_factor * max(1e-8, float(np.median(np.abs(recent)))):
+                counters.loss_spikes += 1
+                if logger:
+                    logger.event(step, "loss_spike", f"loss {loss_value:.4g} vs running median {np.median(np.abs(recent)):.4g}")
+            counters.losses = (recent + [loss_value])[-50:]
 
-        # log (main process; each group is counted once: its process scored it)
-        step_seconds = time.perf_counter() - t0
+        # log (main process)
         if logger and step % cfg.log_every == 0:
-            on = ~off
-            on_iou = np.stack([s.iou for s in scores])
-            top1 = [float(on_iou[i][on[i].numpy()].max()) if on[i].any() else float("nan") for i in range(len(groups))]
-            on_lengths = [len(ids) for g in groups for ids, o in zip(g.completion_ids, g.offpolicy) if not o]
-            scalars = {
-                "reward/raw": float(task[on].mean()),
-                "reward/shaped": float(shape_rewards(task[on], cfg.tau, cfg.alpha1, cfg.alpha2).mean()),
-                "reward/offpolicy": float(task[off].mean()) if off.any() else None,
-                "iou/top1_onpolicy": float(np.nanmean(top1)),
-                "iou/mean_onpolicy": float(on_iou[on.numpy()].mean()),
-                "adv/offpolicy": float(adv[off].mean()) if off.any() else None,
-                "adv/frac_onpolicy_negative": float((adv[on] < 0).double().mean()),
-                "format/rate": float(torch.tensor(np.stack([s.format for s in scores]))[on].mean()) if cot else None,
-                "parse/failure_rate": float(1 - np.stack([s.parsed for s in scores])[on.numpy()].mean()),
-                "loss/value": loss_value,
-                "loss/kl": float(np.mean([s.kl for s in stats])),
-                "loss/clip_fraction": float(np.mean([s.clip_fraction for s in stats])),
-                "policy/entropy": float(np.mean(entropies)),
-                "completion/length": float(np.mean(on_lengths)) if on_lengths else 0.0,
-                "speed/step_seconds": step_seconds,
-                "speed/rollout_seconds": t_rollout,
-                "speed/tokens_per_second": sum(g.generated_tokens for g in groups) / max(t_rollout, 1e-9),
+            scalars.update({
+                "speed/step_seconds": time.perf_counter() - t0,
                 "memory/peak_gb": peak_memory_gb(),
                 "lr": lr_at(cfg, step),
                 **{f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"},
-            }
+            })
             logger.log(step + 1, scalars)
-            bar.set_postfix(reward=f"{scalars['reward/raw']:.3f}", top1=f"{scalars['iou/top1_onpolicy']:.3f}")
+            bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
         done = step + 1
         if accelerator.is_main_process and (done % cfg.save_every == 0 or done == cfg.total_steps):

@@ -1,0 +1,284 @@
+"""The training loop end to end on the tiny model: it runs, logs, checkpoints, resumes exactly
+after SIGKILL, survives bad input, and feeds the video to every forward pass."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tempsamp.models import qwen_vl
+from tempsamp.train import loop
+from tempsamp.train.checkpoint import checkpoints, save_checkpoint
+from tempsamp.train.config import load_config
+from tempsamp.train.logger import read_metrics
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread, here and in the subprocesses (OMP_NUM_THREADS=1): the tiny model's many
+    small ops run several times faster than with threads competing for 2 shared cores, and a run in
+    this process and one in a subprocess then do bitwise the same arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_video(path: Path, seconds: float, colour_span: tuple[float, float], fps: int = 4, size: int = 56) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(int(seconds * fps)):
+            frame = np.zeros((size, size, 3), np.uint8)
+            if colour_span[0] <= i / fps < colour_span[1]:
+                frame[8:40, 8:40] = (220, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    rows = []
+    for i, span in enumerate([(2.0, 5.0), (4.0, 7.5), (1.0, 3.0)]):
+        write_video(root / f"v{i}.mp4", 8.0, span)
+        rows.append({"video": f"v{i}.mp4", "duration": 8.0, "query": "when is the red square visible?", "spans": [list(span)]})
+    rows.append({"video": "missing.mp4", "duration": 8.0, "query": "when is the blue circle visible?", "spans": [[1.0, 2.0]]})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    (root / "with_missing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def tiny_overrides(tiny_model_dir, data_dir, out, **extra):
+    """key=value overrides of the tiny_cpu recipe: G = 4, 8 new tokens, 2 queries per step, 3 steps."""
+    values = {
+        "model": str(tiny_model_dir),
+        "train_annotations": str(data_dir / "train.jsonl"),
+        "dataset": "jsonl",
+        "output_dir": str(out),
+        "num_generations": 4,
+        "max_new_tokens": 8,
+        "queries_per_step": 2,
+        "learning_rate": 1e-3,
+        "min_pixels": 3136,
+        "max_pixels": 3136,
+        "total_pixels": 3136 * 32,
+        "stages": [{"mode": "answer", "steps": 2}, {"mode": "cot", "steps": 1}],
+        "save_every": 100,  # the last step is always saved
+        "frame_cache": None,
+    }
+    values.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+
+
+def params(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_train_runs_logs_and_checkpoints(tiny_model_dir, data_dir, tmp_path):
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", save_every=1))
+    out = loop.train(cfg)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward/raw", "reward/shaped", "iou/top1_onpolicy", "iou/mean_onpolicy", "adv/offpolicy",
+                "adv/frac_onpolicy_negative", "parse/failure_rate", "loss/kl", "loss/clip_fraction",
+                "policy/entropy", "completion/length", "speed/tokens_per_second", "speed/step_seconds", "memory/peak_gb"):
+        assert rows[-1][key] is not None, key
+    assert rows[-1]["format/rate"] is not None and rows[0]["format/rate"] is None  # CoT stage only
+    # the GT row scores (almost) full IoU and is not part of the on-policy averages
+    assert rows[0]["reward/offpolicy"] > 0.95
+    kept = checkpoints(out)
+    assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-3"]  # keep_last = 2
+    from transformers import AutoModelForImageTextToText
+
+    AutoModelForImageTextToText.from_pretrained(kept[-1] / "model")
+    assert not list(out.glob(".checkpoint-*.tmp"))
+    assert rows[-1]["memory/peak_gb"] > 0 and rows[-1]["policy/entropy"] > 0 and rows[-1]["groups"] == 2
+    from tempsamp.cli import main
+
+    assert main(["plot", str(out)]) == 0  # `tempsamp plot RUN_DIR`
+    pngs = {p.name for p in (out / "plots").glob("*.png")}
+    assert pngs >= {"reward.png", "iou.png", "advantage.png", "policy.png", "memory.png"}
+    assert all((out / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
+
+
+def test_tempsamp_generates_one_fewer_and_appends_the_gt(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    asked = []
+    real_generate = qwen_vl.generate
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["num_samples"])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(qwen_vl, "generate", spy)
+    for strategy, expected in (("shaping", 3), ("grpo", 4)):
+        asked.clear()
+        cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / strategy, strategy=strategy,
+                                                     stages=[{"mode": "answer", "steps": 1}]))
+        loop.train(cfg)
+        assert asked == [expected, expected]
+
+
+def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Reference, old-policy and policy forwards all carry the video; the GT row is scored with it;
+    log-probs change with the pixels; video tokens sit on the time axis, not on 1-D positions."""
+    calls = []
+    real = qwen_vl.completion_logprobs
+
+    def spy(model, batch, **kwargs):
+        result = real(model, batch, **kwargs)
+        with torch.no_grad():  # the same rows with other pixels
+            other = dict(batch, pixel_values_videos=torch.rand_like(batch["pixel_values_videos"]) * 4 - 2)
+            changed = real(model, other).detach()
+            plain = real(model, batch).detach()
+        positions = qwen_vl.rope_position_ids(model, batch)
+        calls.append({"keys": set(batch), "plain": plain, "changed": changed, "batch": batch, "positions": positions})
+        return result
+
+    monkeypatch.setattr(qwen_vl, "completion_logprobs", spy)
+    gt_texts = []
+    real_offpolicy = loop.offpolicy_text
+    monkeypatch.setattr(loop, "offpolicy_text", lambda *a: gt_texts.append(real_offpolicy(*a)) or gt_texts[-1])
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", beta=0.04,
+                                                 updates_per_rollout=2, stages=[{"mode": "answer", "steps": 1}]))
+    loop.train(cfg)
+    # 2 groups x (reference + old policy + 2 updates)
+    assert len(calls) == 8
+    processor = __import__("transformers").AutoProcessor.from_pretrained(tiny_model_dir)
+    gt_rows = [qwen_vl.completion_ids(processor, text) for text in gt_texts]
+    tokens_per_second = __import__("transformers").AutoConfig.from_pretrained(tiny_model_dir).vision_config.tokens_per_second
+    for call in calls:
+        assert {"pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids"} <= call["keys"]
+        batch, mask = call["batch"], call["batch"]["completion_mask"].bool()
+        # the GT completion is one of the rows, scored in the same forward as the sampled ones
+        completions = batch["input_ids"][:, -mask.shape[1]:]
+        rows = [completions[r][mask[r]].tolist() for r in range(len(mask))]
+        gt_row = next(r for r, ids in enumerate(rows) if ids in gt_rows)
+        # other pixels, other log-probs: for every row, the GT's included
+        for r in range(len(rows)):
+            assert (call["plain"][r][mask[r]] - call["changed"][r][mask[r]]).abs().max() > 1e-5, (r, gt_row)
+        # time-aware rotary positions: the temporal index of the video tokens steps by
+        # tokens_per_second * second_per_grid_ts per grid slice (1 s per slice at 2 FPS)
+        video = batch["mm_token_type_ids"][0] == 2
+        grid_t, grid_h, grid_w = batch["video_grid_thw"][0].tolist()
+        temporal = call["positions"][0, 0, video].reshape(grid_t, -1)[:, 0]
+        step = tokens_per_second * float(batch["second_per_grid_ts"][0])
+        assert step == 2.0
+        assert (temporal - temporal[0]).tolist() == [int(k * step) for k in range(grid_t)]
+        one_d = torch.arange(batch["input_ids"].shape[1])[video]
+        assert not torch.equal(call["positions"][0, 0, video], one_d)
+
+
+def test_bad_video_is_counted_not_fatal(tiny_model_dir, data_dir, tmp_path):
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run",
+                                                 train_annotations=str(data_dir / "with_missing.jsonl"),
+                                                 queries_per_step=4, stages=[{"mode": "answer", "steps": 1}]))
+    out = loop.train(cfg)
+    assert read_metrics(out)[-1]["faults/bad_videos"] == 1
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events[0]["kind"] == "bad_video" and "missing.mp4" in events[0]["message"]
+
+
+def test_non_finite_step_is_skipped_not_applied(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    real = loop.grpo_loss
+
+    def poisoned(logp, *args, **kwargs):
+        loss, stats = real(logp, *args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(loop, "grpo_loss", poisoned)
+    from tempsamp.train import scoring
+
+    real_iou = scoring.iou_reward
+
+    def nan_first(pred, gt):  # a reward that comes out NaN: set to 0 and counted
+        reward = np.array(real_iou(pred, gt), dtype=float)
+        reward[0] = np.nan
+        return reward
+
+    monkeypatch.setattr(scoring, "iou_reward", nan_first)
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", stages=[{"mode": "answer", "steps": 1}]))
+    out = loop.train(cfg)
+    row = read_metrics(out)[-1]
+    assert row["faults/skipped_steps"] == 1 and row["faults/nan_rewards"] == 2  # one per group
+    assert row["loss/value"] is None  # NaN is logged as missing, not as a number
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events] == ["skipped_step"]
+    before, after = params(Path(tiny_model_dir)), params(checkpoints(out)[-1] / "model")
+    for name, value in after.items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_checkpoint_leftovers_are_ignored_and_pruned(tmp_path):
+    class Dummy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def save_pretrained(self, path, safe_serialization=True):
+            from safetensors.torch import save_file
+
+            Path(path).mkdir(parents=True)
+            save_file({"w": self.w.detach()}, str(Path(path) / "model.safetensors"))
+
+    model = Dummy()
+    opt = torch.optim.AdamW(model.parameters())
+    model.w.grad = torch.ones(2)
+    opt.step()
+    (tmp_path / ".checkpoint-9.tmp").mkdir()  # a crash mid-write
+    (tmp_path / "checkpoint-7").mkdir()  # a directory without state.json is not a checkpoint
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, None, opt, {"counters": {}}, keep_last=2)
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+    assert not (tmp_path / ".checkpoint-9.tmp").exists()
+
+
+def test_sigkill_then_resume_ends_with_the_same_parameters(tiny_model_dir, data_dir, tmp_path):
+    steps = [{"mode": "answer", "steps": 3}, {"mode": "cot", "steps": 1}]
+    reference = tmp_path / "uninterrupted"
+    loop.train(load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, reference, stages=steps, save_every=2)))
+
+    killed = tmp_path / "killed"
+    args = tiny_overrides(tiny_model_dir, data_dir, killed, stages=steps, save_every=2)
+    cmd = [sys.executable, "-m", "tempsamp", "train", "tiny_cpu", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-2").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint-2 within 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoint-4").exists()
+
+    loop.train(load_config("tiny_cpu", args), resume=True)
+    a, b = params(reference / "checkpoint-4" / "model"), params(killed / "checkpoint-4" / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # resumed metrics continue the same curve
+    ra, rb = read_metrics(reference), read_metrics(killed)
+    assert [r["step"] for r in rb] == [r["step"] for r in ra]
+    assert [r["reward/raw"] for r in rb] == [r["reward/raw"] for r in ra]
