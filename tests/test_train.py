@@ -282,3 +282,51 @@ def test_sigkill_then_resume_ends_with_the_same_parameters(tiny_model_dir, data_
     ra, rb = read_metrics(reference), read_metrics(killed)
     assert [r["step"] for r in rb] == [r["step"] for r in ra]
     assert [r["reward/raw"] for r in rb] == [r["reward/raw"] for r in ra]
+
+
+def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_small_vocab_model_dir, data_dir, tmp_path, monkeypatch):
+    """With LoRA there is no second copy: the reference forward is the policy itself under
+    disable_adapter(), and it scores exactly like the base model even after the adapter has learnt."""
+    from peft.tuners.lora import LoraLayer
+
+    calls = []
+    real = qwen_vl.completion_logprobs
+
+    def spy(model, batch, **kwargs):
+        result = real(model, batch, **kwargs)
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        logp = result[0] if isinstance(result, tuple) else result
+        calls.append({"model": model, "adapter_off": all(m.disable_adapters for m in layers) and bool(layers),
+                      "batch": batch, "logp": logp.detach()})
+        return result
+
+    monkeypatch.setattr(qwen_vl, "completion_logprobs", spy)
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_small_vocab_model_dir, data_dir, tmp_path / "run", lora=True, lora_r=4,
+                                                 lora_dropout=0.0, beta=0.04, stages=[{"mode": "answer", "steps": 2}]))
+    out = loop.train(cfg)
+    assert len({id(c["model"]) for c in calls}) == 1  # one model object for policy and reference
+    assert [c["adapter_off"] for c in calls] == [True, True, False, False] * 2  # per step: 2 references, 2 updates
+    base, _ = qwen_vl.load_policy(str(tiny_small_vocab_model_dir))
+    with torch.no_grad():
+        expected = [real(base, c["batch"]) for c in calls]
+    for call, want in zip(calls, expected):
+        if call["adapter_off"]:
+            torch.testing.assert_close(call["logp"], want, atol=1e-5, rtol=1e-5)
+    second_step = calls[4:]
+    assert max(float((c["logp"] - want).abs().max()) for c, want in zip(second_step, expected[4:]) if not c["adapter_off"]) > 1e-4
+    assert (checkpoints(out)[-1] / "model" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_one_training_step_on_other_families(family, data_dir, tmp_path):
+    """Qwen2-VL and Qwen3-VL train through the same adapter (tiny random models, small vocabulary)."""
+    from tempsamp.models.tiny import TinySpec, ensure_tiny_model
+
+    model_dir = ensure_tiny_model(spec=TinySpec(family=family, vocab="small"))
+    cfg = load_config("tiny_cpu", tiny_overrides(model_dir, data_dir, tmp_path / "run", stages=[{"mode": "cot", "steps": 1}]))
+    out = loop.train(cfg)
+    row = read_metrics(out)[-1]
+    assert row["faults/skipped_steps"] == 0 and row["loss/kl"] is not None and row["groups"] == 2
+    before, after = params(Path(model_dir)), params(checkpoints(out)[-1] / "model")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
