@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="RL fine-tuning with TempSamp-R1 or a baseline (a YAML recipe + key=value overrides)")
@@ -10,6 +13,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (the schedule still spans the recipe)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--num-processes", type=int, default=1, metavar="N",
+        help="data-parallel processes on this machine: `accelerate launch --multi_gpu` on GPUs, torchrun with "
+        "gloo on a CPU (for other set-ups use `accelerate launch --config_file configs/accelerate/...`)",
+    )
     p.set_defaults(func=run_train)
 
     q = sub.add_parser("plot", help="turn a run's metrics.jsonl into PNG curves")
@@ -27,11 +35,38 @@ def run_train(args) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet under a launcher
+        import subprocess
+
+        command, env = launch_command(args)
+        return subprocess.run(command, env=env).returncode
     from tempsamp.train.loop import train
 
     out = train(cfg, resume=args.resume, max_steps=args.max_steps)
     print(f"run written to {out}")
     return 0
+
+
+def launch_command(args) -> tuple[list[str], dict]:
+    """The launcher command that runs this same `tempsamp train` in ``args.num_processes`` processes.
+
+    GPUs: accelerate's multi-GPU launcher. CPU: torchrun (accelerate's own CPU launcher starts one
+    process unless MPI is set up); ``ACCELERATE_USE_CPU`` makes accelerate pick gloo.
+    """
+    import torch
+
+    train_args = [args.recipe, *args.overrides]
+    if args.resume:
+        train_args.append("--resume")
+    if args.max_steps is not None:
+        train_args += ["--max-steps", str(args.max_steps)]
+    env = dict(os.environ)
+    if torch.cuda.is_available():
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.num_processes)]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.num_processes)]
+        env["ACCELERATE_USE_CPU"] = "true"
+    return [*launcher, "-m", "tempsamp", "train", *train_args], env
 
 
 def run_plot(args) -> int:

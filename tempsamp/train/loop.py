@@ -326,6 +326,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
     accelerator = Accelerator()
+    accelerator.print(f"training on {accelerator.num_processes} process(es), {accelerator.distributed_type.value}")
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
