@@ -82,8 +82,8 @@ class ToyConfig:
     group_size: int = 8  # G: G-1 sampled + 1 GT for TempSamp strategies, G sampled for grpo
     lr: float = 3e-3
     beta: float = 0.0
-    eval_every: int = 10
-    train_eval: int = 128  # training videos scored greedily at each curve point (a memorisation check)
+    eval_every: int = 15
+    train_eval: int = 64  # training videos scored greedily at each curve point (a memorisation check)
 
 
 # ---------------------------------------------------------------------------------------- task

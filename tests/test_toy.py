@@ -108,6 +108,14 @@ def test_same_seed_same_curve_and_seeds_differ():
     assert not np.allclose(values(a)[1:], values(c)[1:])
 
 
+def test_kl_to_frozen_initial_policy_when_beta_positive():
+    cfg = ToyConfig(steps=5, eval_every=5, n_train=64, n_test=16, train_eval=16, beta=0.04)
+    kls = []
+    run_toy("shaping", 0, cfg, on_step=lambda step, info: kls.append(info["kl"]))
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
+    assert all(math.isfinite(k) for k in kls) and kls[-1] > 0.0
+
+
 def test_gt_bins_round_to_edges_and_bins_to_seconds():
     spans = np.array([[10.2, 20.7], [0.1, 0.3], [99.0, 100.0]])
     bins = gt_bins(spans, bin_seconds=1.0, n_bins=100)
