@@ -357,9 +357,22 @@ def test_backend_argument(cfr_video):
         assert sampling.resolve_backend("auto") == "pyav"
 
 
+def test_auto_backend_never_gives_mpegts_to_decord():
+    assert sampling.resolve_backend("auto", "clip.TS") == "pyav"
+    assert sampling.resolve_backend("auto", "clip.mp4") == ("decord" if sampling.decord_available() else "pyav")
+
+
 @pytest.mark.skipif(not sampling.decord_available(), reason="decord not installed (optional backend)")
-def test_decord_backend_picks_the_same_frames(cfr_video):
-    a = sample_frames(cfr_video, backend="pyav", **BUDGET)
-    b = sample_frames(cfr_video, backend="decord", **BUDGET)
+@pytest.mark.parametrize("name,times,kw", [
+    ("cfr.mp4", np.arange(100) / 10, dict(gop=250, bframes=3)),
+    ("vfr.mp4", [0.0, 0.1, 0.25, 0.3, 0.7, 0.8, 0.85, 1.5, 1.6, 2.2, 2.9, 3.0], {}),
+    ("v.mkv", np.arange(40) / 10, dict(fmt="matroska")),
+])
+@pytest.mark.parametrize("fps", [2.0, 0.7])
+def test_decord_backend_picks_the_same_frames(tmp_path, name, times, kw, fps):
+    path = write_counter_video(tmp_path / name, times, **kw)
+    a = sample_frames(path, fps=fps, backend="pyav", **BUDGET)
+    b = sample_frames(path, fps=fps, backend="decord", **BUDGET)
+    assert b.backend == "decord"
     assert [read_counter(f) for f in a.frames] == [read_counter(f) for f in b.frames]
     np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-3)

@@ -51,7 +51,7 @@ def sample_frames(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: 
         stat = os.stat(path)
     except FileNotFoundError as err:
         raise FileNotFoundError(err.errno, "video not found", path) from err
-    params["backend"] = resolve_backend(backend)
+    params["backend"] = resolve_backend(backend, path)
     source = {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     key = cache_key(source, params)
     folder = Path(cache_dir) / key[:2]

@@ -26,7 +26,8 @@ no decoding). Each wanted frame then either decodes forward from where the decod
 keyframe lies between the decoder's position and the wanted frame, seeks to that keyframe first.
 So sparse targets (interval longer than the GOP) skip whole GOPs, and dense targets decode
 sequentially. Only the wanted frames are converted to RGB and resized (swscale, area filter).
-decord is an optional backend (``backend="decord"``, or ``"auto"`` when installed).
+decord is an optional backend (``backend="decord"``, or ``"auto"`` when installed, except for MPEG-TS
+files, where decord's random access returned wrong frames in our tests).
 """
 
 from __future__ import annotations
@@ -393,11 +394,16 @@ def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, ma
 # ---------------------------------------------------------------- entry point
 
 
-def resolve_backend(backend: str) -> str:
+DECORD_UNSAFE_SUFFIXES = (".ts", ".m2ts", ".mts")  # decord's random access returns wrong frames on MPEG-TS
+
+
+def resolve_backend(backend: str, path=None) -> str:
+    """The backend that will decode ``path``: "auto" is decord when installed, except for MPEG-TS."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "decord" if decord_available() else "pyav"
+        unsafe = path is not None and str(path).lower().endswith(DECORD_UNSAFE_SUFFIXES)
+        return "decord" if decord_available() and not unsafe else "pyav"
     if backend == "decord" and not decord_available():
         raise ImportError("backend='decord' needs the decord package (pip install 'tempsamp[decord]')")
     return backend
@@ -409,6 +415,6 @@ def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, ma
     path = os.fspath(path)
     if not Path(path).is_file():
         raise FileNotFoundError(errno.ENOENT, "video not found", path)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, path)
     fn = decode_decord if backend == "decord" else decode_pyav
     return fn(path, fps=fps, max_frames=max_frames, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
