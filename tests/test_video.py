@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from fractions import Fraction
 from pathlib import Path
 

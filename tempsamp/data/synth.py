@@ -56,7 +56,7 @@ TEMPLATES = {
     "appear": ("when is the {obj} visible?", "when can the {obj} be seen?", "when is the {obj} on screen?"),
     "move": ("when does the {obj} move {param}?", "when does the {obj} slide to the {param}?"),
     "grow": ("when is the {obj} enlarged?", "when does the {obj} look bigger?"),
-    "recolor": ("when is the {obj} shown in {param}?", "when does the {obj} appear {param}?"),
+    "recolor": ("when is the {obj} shown in {param}?", "when is the {obj} coloured {param}?"),
 }
 HIGHLIGHT_TEMPLATES = ("the {obj} is on screen", "a {obj} is visible", "the {obj} shows up")
 

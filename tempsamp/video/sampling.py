@@ -173,7 +173,7 @@ def read_packet_index(container, stream, path: str) -> PacketIndex:
     pts, keys, durations = [], [], []
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:  # the flush packet at the end
+            if packet.size == 0 or packet.is_discard:  # the flush packet; pre-roll an edit list hides
                 continue
             pts.append(packet.pts)
             keys.append(packet.is_keyframe)
