@@ -111,6 +111,7 @@ def _atomic_write(final: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a shared cache must be readable by others
         os.replace(tmp, final)
     except BaseException:
         try:
