@@ -554,3 +554,41 @@ def test_each_supported_family_runs_with_video(family):
         text = processor.tokenizer.decode(prompt["input_ids"][0])
         # Each slice is stamped with the mean time of its frames: (0, 1) -> 0.25 s ... (6, 7) -> 3.25 s.
         assert "<0.2 seconds>" in text and "<3.2 seconds>" in text
+
+
+@pytest.mark.slow
+def test_image_prompts_score_through_the_same_calls(policy, completions):
+    """Image prompts (used to compare with image-only trainers) go through group_batch and
+    completion_logprobs too, with their own required inputs; the pixels reach the forward."""
+    model, processor = policy
+    image = random_frames(0, num_frames=1)[0]
+    prompt = qwen_vl.build_image_prompt(processor, QUERY, image)
+    assert {"pixel_values", "image_grid_thw", "mm_token_type_ids"} <= set(prompt)
+    pad = qwen_vl.pad_token_id(processor)
+    batch = qwen_vl.group_batch(prompt, completions, pad)
+    assert batch["image_grid_thw"].shape[0] == len(completions)
+    a = logprobs_of(model, prompt, completions, pad)
+    b = logprobs_of(model, qwen_vl.build_image_prompt(processor, QUERY, random_frames(1, num_frames=1)[0]), completions, pad)
+    assert (a - b).abs().max() > 1e-5
+    with pytest.raises(KeyError, match="image_grid_thw"):
+        qwen_vl.completion_logprobs(model, {k: v for k, v in batch.items() if k != "image_grid_thw"})
+
+
+@pytest.mark.slow
+def test_sampling_never_emits_a_vision_placeholder(tiny_small_vocab_model_dir):
+    """A sampled <|video_pad|> would break every later forward of that row; generate suppresses them."""
+    model, processor = qwen_vl.load_policy(str(tiny_small_vocab_model_dir))
+    placeholders = qwen_vl.placeholder_token_ids(model)
+    assert sorted(placeholders) == sorted([model.config.image_token_id, model.config.video_token_id])
+
+    def favour_placeholders(module, inputs, output):  # make them the most likely tokens by far
+        output[..., placeholders] += 100.0
+        return output
+
+    model.lm_head.register_forward_hook(favour_placeholders)
+    prompt = qwen_vl.build_prompt(processor, QUERY, random_frames(0), FPS)
+    with torch.no_grad():
+        assert int(model(**prompt, logits_to_keep=1).logits[0, -1].argmax()) in placeholders
+    torch.manual_seed(0)
+    sampled = qwen_vl.generate(model, processor, prompt, num_samples=4, max_new_tokens=6)
+    assert not any(token in placeholders for ids in sampled.ids for token in ids)

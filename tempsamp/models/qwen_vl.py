@@ -60,6 +60,8 @@ import torch
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 # ... and inputs with one entry per video (or per video patch), repeated per row in a group.
 VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+# Image prompts (benchmarks against trainers that only handle images): the same, per image.
+IMAGE_KEYS = ("pixel_values", "image_grid_thw")
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,12 @@ def load_policy(
 # ----------------------------------------------------------------------------------------------
 
 
-def chat_messages(prompt_text: str, system_prompt: str | None = None) -> list[dict]:
-    """One user turn: the video, then the text. Blocks are typed ("type" is what templates test)."""
+def chat_messages(prompt_text: str, system_prompt: str | None = None, media: str = "video") -> list[dict]:
+    """One user turn: the video (or image), then the text. Blocks are typed ("type" is what templates test)."""
     messages = []
     if system_prompt is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt_text}]})
+    messages.append({"role": "user", "content": [{"type": media}, {"type": "text", "text": prompt_text}]})
     return messages
 
 
@@ -256,6 +258,20 @@ def build_prompt(
     return inputs
 
 
+def build_image_prompt(processor, prompt_text: str, image: np.ndarray, *, device=None) -> dict[str, torch.Tensor]:
+    """The model inputs for one query about one image (uint8 [H, W, 3]); for image-only comparisons.
+
+    The training loop works on videos; this exists so that the same loop pieces (generate,
+    group_batch, completion_logprobs) can be measured on the image prompts other trainers handle.
+    """
+    text = processor.apply_chat_template(chat_messages(prompt_text, media="image"), tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[np.asarray(image)], return_tensors="pt")
+    inputs = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+    if device is not None:
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+    return inputs
+
+
 def prompt_length(prompt_inputs: Mapping[str, torch.Tensor]) -> int:
     return prompt_inputs["input_ids"].shape[1]
 
@@ -294,6 +310,12 @@ def completion_ids(processor, text: str) -> list[int]:
         if special in text:
             raise ValueError(f"completion_ids: the text contains the special token {special!r}: {text!r}")
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [stop_token_ids(processor)[0]]
+
+
+def placeholder_token_ids(model) -> list[int]:
+    """The image and video placeholder token ids of the model's config (never a valid output)."""
+    config = unwrap(getattr(model, "module", model)).config
+    return [i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)) if i is not None]
 
 
 def trim_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
@@ -344,6 +366,10 @@ def generate(
         top_p=top_p if do_sample else None,
         top_k=0 if do_sample else None,
         repetition_penalty=1.0,
+        # A sampled image/video placeholder token would be taken for a missing frame in every
+        # later forward ("features and tokens do not match"); a trained model never emits them,
+        # a random or drifting one can.
+        suppress_tokens=placeholder_token_ids(model) or None,
     )
     was_training = model.training
     model.eval()
@@ -400,7 +426,7 @@ def group_batch(
         prompt_types = prompt_inputs["mm_token_type_ids"].expand(num_rows, -1)
         completion_types = torch.zeros_like(completions, dtype=prompt_types.dtype)
         batch["mm_token_type_ids"] = torch.cat([prompt_types, completion_types], dim=1)
-    for key in VIDEO_KEYS:
+    for key in VIDEO_KEYS + IMAGE_KEYS:
         if key in prompt_inputs:
             value = prompt_inputs[key]
             # All of the prompt's videos once per row, in row order: [v1, v2, v1, v2, ...].
@@ -413,12 +439,15 @@ def group_batch(
 def model_inputs(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The forward kwargs of `batch` for this model's family; an error if one is missing."""
     family = family_of(model)
-    missing = [key for key in family.input_keys if key not in batch]
+    required = family.input_keys
+    if "pixel_values" in batch and "pixel_values_videos" not in batch:  # an image prompt
+        required = TOKEN_KEYS + IMAGE_KEYS
+    missing = [key for key in required if key not in batch]
     if missing:
         raise KeyError(
             f"{family.model_type}: the batch lacks {missing}; every forward pass must carry {list(family.input_keys)}"
         )
-    return {key: batch[key] for key in family.input_keys}
+    return {key: batch[key] for key in required}
 
 
 def token_logprobs(
