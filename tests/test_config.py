@@ -65,3 +65,24 @@ def test_values_take_their_field_type():
     assert cfg.learning_rate == 3e-5 and cfg.clip_eps_high is None and cfg.num_generations == 6
     with pytest.raises(ValueError, match="learning_rate"):
         load_config("tiny_cpu", ["learning_rate=fast"])
+
+
+def test_weight_dtype_keeps_float32_master_weights_for_full_fine_tuning():
+    from types import SimpleNamespace
+
+    import torch
+
+    from tempsamp.train.loop import weight_dtype
+
+    def accelerator(device, kind="NO"):
+        return SimpleNamespace(device=SimpleNamespace(type=device), distributed_type=SimpleNamespace(value=kind))
+
+    cfg = TrainConfig()
+    assert weight_dtype(cfg, accelerator("cpu")) == torch.float32
+    assert weight_dtype(cfg, accelerator("cuda")) == torch.float32  # full FT: lr 1e-6 is below bf16 resolution
+    assert weight_dtype(cfg, accelerator("cuda", "FSDP")) == torch.float32
+    assert weight_dtype(cfg, accelerator("cuda", "DEEPSPEED")) == torch.bfloat16  # it keeps its own fp32 master
+    assert weight_dtype(TrainConfig(lora=True), accelerator("cuda")) == torch.bfloat16  # frozen base
+    assert weight_dtype(TrainConfig(dtype="bfloat16"), accelerator("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="fp8").validate()

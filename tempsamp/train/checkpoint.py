@@ -52,20 +52,29 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: dict, keep_last: int = 2) -> Path:
-    """Write checkpoint-STEP atomically and prune all but the newest ``keep_last``."""
+def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: dict, keep_last: int = 2,
+                    model_state: dict | None = None) -> Path:
+    """Write checkpoint-STEP atomically and prune all but the newest ``keep_last``.
+
+    model_state: the full weights when ``model``'s own are sharded (FSDP / ZeRO-3, gathered by
+    ``accelerator.get_state_dict``); optimizer None: no optimizer state (sharded, not resumable).
+    """
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".checkpoint-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".checkpoint-{step}.tmp"
     final = root / f"checkpoint-{step}"
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+    if model_state is None:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+    else:
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
     if processor is not None:
         processor.save_pretrained(tmp / "model")
-    tensors, meta = _optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    if optimizer is not None:
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):

@@ -23,7 +23,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 class TrainConfig:
     # model
     model: str = "tiny"  # local path or hub id; "tiny" builds the tiny random Qwen2.5-VL offline
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"  # auto: CPU float32; GPU bf16 compute, float32 master weights unless LoRA (loop.weight_dtype)
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -117,6 +117,8 @@ class TrainConfig:
         for i, stage in enumerate(self.stages):
             if stage.get("mode") not in MODES or int(stage.get("steps", -1)) < 0:
                 raise ValueError(f"stages[{i}]: needs mode in {MODES} and steps >= 0, got {stage}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype: {self.dtype!r} is not auto, float32 or bfloat16")
         if self.rollout_engine not in ("transformers", "vllm"):
             raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
         if self.aggregation not in ("token_mean", "sequence_mean"):

@@ -19,7 +19,7 @@ import copy
 import math
 import resource
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,8 +189,7 @@ def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
         optimizer.zero_grad(set_to_none=True)
         pass_loss = 0.0
         for i, b in enumerate(batches):
-            sync = accelerator.no_sync(model) if i < len(batches) - 1 else nullcontext()
-            with sync:
+            with micro_batch(accelerator, model, last=i == len(batches) - 1):
                 logp, entropy = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 loss, stats = grpo_loss(
                     logp, adv[i].to(logp.device), b["completion_mask"], old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
@@ -216,6 +215,29 @@ def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
     return log, applied
+
+
+@contextmanager
+def micro_batch(accelerator, model, last: bool):
+    """Gradient accumulation over a process's groups: gradients are exchanged on the last one only.
+
+    DDP / FSDP: accelerate's ``no_sync``. DeepSpeed: accelerate's ``backward`` steps the engine
+    whenever ``sync_gradients`` is set, so it is cleared for all but the last micro-batch
+    (accelerate has no public switch for this; NOT RUN here: no DeepSpeed on the CPU machines).
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.gradient_state._set_sync_gradients(last)
+        try:
+            yield
+        finally:
+            accelerator.gradient_state._set_sync_gradients(True)
+    elif last:
+        yield
+    else:
+        with accelerator.no_sync(model):
+            yield
 
 
 @dataclass
@@ -307,6 +329,33 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
     }
 
 
+def weight_dtype(cfg: TrainConfig, accelerator) -> torch.dtype:
+    """The dtype the policy's weights are loaded in.
+
+    ``auto``: float32 on a CPU. On a GPU, bfloat16 for LoRA (the base is frozen; peft keeps the
+    adapters in float32) and float32 master weights for full fine-tuning, with the compute in
+    bfloat16 under accelerate's mixed precision: an AdamW update of ~lr = 1e-6 on a weight of ~1e-2
+    is far below bfloat16's resolution (2^-8 relative), so pure-bf16 weights would not move.
+    DeepSpeed keeps float32 master weights itself and is given bfloat16 weights.
+    """
+    if cfg.dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    if accelerator.device.type != "cuda":
+        return torch.float32
+    if cfg.lora or accelerator.distributed_type.value == "DEEPSPEED":
+        return torch.bfloat16
+    return torch.float32
+
+
+def mixed_precision(cfg: TrainConfig) -> str | None:
+    """bf16 autocast on a GPU unless a launcher config chose (ACCELERATE_MIXED_PRECISION); none on a CPU."""
+    import os
+
+    if cfg.dtype != "auto" or os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None  # accelerate's default / the launcher's choice
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
 def peak_memory_gb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
@@ -325,14 +374,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     from tempsamp.train.rollout_engine import make_engine
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
     accelerator.print(f"training on {accelerator.num_processes} process(es), {accelerator.distributed_type.value}")
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
     examples = load_training_examples(cfg)
-    dtype = {"auto": torch.bfloat16 if torch.cuda.is_available() else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    dtype = weight_dtype(cfg, accelerator)
     model_path = resolve_model_path(cfg.model)
     model, processor = qwen_vl.load_policy(model_path, dtype=dtype, device=accelerator.device)
     pad_id = qwen_vl.pad_token_id(processor)
@@ -341,8 +390,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     ref_model = None
     if cfg.lora:
         model = qwen_vl.apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, freeze_vision=cfg.freeze_vision)
-    elif cfg.beta:
+    elif cfg.beta:  # frozen: bfloat16 is enough on a GPU (half the memory of float32 master weights)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if accelerator.device.type == "cuda" and cfg.dtype == "auto":
+            ref_model.to(torch.bfloat16)
     if cfg.gradient_checkpointing:
         qwen_vl.enable_gradient_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -350,8 +401,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     model, optimizer = accelerator.prepare(model, optimizer)
     policy = accelerator.unwrap_model(model)
 
+    # FSDP / DeepSpeed shard weights and optimizer state: checkpoints then hold the gathered full
+    # weights (loadable with from_pretrained) but no optimizer state, so such runs cannot resume yet.
+    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     counters, start = Counters(), 0
     checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None and sharded:
+        raise NotImplementedError(f"--resume under {accelerator.distributed_type.value}: the optimizer state is sharded and "
+                                  "checkpoints do not hold it yet (resume works on one process and under DDP)")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), optimizer)
         start = state["step"]
@@ -453,8 +510,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
         done = step + 1
-        if accelerator.is_main_process and (done % cfg.save_every == 0 or done == cfg.total_steps):
-            save_checkpoint(out, done, policy, processor, optimizer, {"counters": vars(counters), "config": cfg.to_dict()}, cfg.keep_last)
+        if done % cfg.save_every == 0 or done == cfg.total_steps:
+            full_state = accelerator.get_state_dict(model) if sharded else None  # collective: every process
+            if accelerator.is_main_process:
+                save_checkpoint(out, done, policy, processor, None if sharded else optimizer,
+                                {"counters": vars(counters), "config": cfg.to_dict()}, cfg.keep_last, model_state=full_state)
         accelerator.wait_for_everyone()
 
     if logger:
