@@ -1,10 +1,13 @@
 """One RL step on the tiny Qwen2.5-VL, measured side by side in one run.
 
-    python benchmarks/bench_train_step.py [--group 8] [--new-tokens 24] [--steps 2] [--vocab small|real]
+    python benchmarks/bench_train_step.py [--group 8] [--new-tokens 24] [--steps 4] [--vocab small|real]
+                                          [--width 64]
 
 (1) TempSamp vs plain GRPO at the same G, on a video prompt (8 s at 2 FPS, 56x56 frames): a
     TempSamp step samples G-1 completions and appends the ground truth, so its generation should
-    cost about (G-1)/G of GRPO's; the scoring forward/backward sees G rows in both.
+    cost about (G-1)/G of GRPO's; the scoring forward/backward sees G rows in both. At width 64 a
+    decoding step is dominated by per-step overhead, not per-row compute; ``--width 512`` (a wider
+    tiny model, same architecture) shows the saving where rows cost compute.
 (2) This trainer vs TRL's GRPOTrainer (trl 1.16, `pip install 'tempsamp[bench]'`) on identical
     image-prompt work: the same tiny model, one image prompt per step, G completions of at most
     `new-tokens` tokens (a random model rarely stops early, so both generate the maximum), IoU
@@ -35,6 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 QUERY = "when is the red square visible?"
 SPAN = (2.0, 5.0)
+
+
+def tiny_spec(args):
+    """The tiny Qwen2.5-VL at the asked width (4 heads; rotary sections scaled to the head size)."""
+    from tempsamp.models.tiny import TinySpec
+
+    if args.width == 64:
+        return TinySpec(vocab=args.vocab)
+    half_head = args.width // 4 // 2  # mrope_section must sum to head_dim / 2
+    temporal = half_head // 4
+    height = (half_head - temporal) // 2
+    return TinySpec(vocab=args.vocab, hidden_size=args.width, intermediate_size=2 * args.width,
+                    mrope_section=(temporal, height, half_head - temporal - height))
 
 
 def peak_rss_gb() -> float:
@@ -68,7 +84,7 @@ def worker_ours(args) -> dict:
 
     from tempsamp.data.example import Example
     from tempsamp.models import qwen_vl
-    from tempsamp.models.tiny import TinySpec, ensure_tiny_model
+    from tempsamp.models.tiny import ensure_tiny_model
     from tempsamp.prompts import prompt_text
     from tempsamp.train import loop
     from tempsamp.train.config import load_config
@@ -76,7 +92,7 @@ def worker_ours(args) -> dict:
 
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
-    model_dir = ensure_tiny_model(spec=TinySpec(vocab=args.vocab))
+    model_dir = ensure_tiny_model(spec=tiny_spec(args))
     image, frames = image_and_frames()
     example = Example(qid="q", video_id="v", video_path=None, duration=8.0, query=QUERY, spans=(SPAN,))
 
@@ -138,11 +154,11 @@ def worker_trl(args) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from tempsamp.models.tiny import TinySpec, ensure_tiny_model
+    from tempsamp.models.tiny import ensure_tiny_model
     from tempsamp.prompts import prompt_text
 
     torch.set_num_threads(1)
-    model_dir = str(ensure_tiny_model(spec=TinySpec(vocab=args.vocab)))
+    model_dir = str(ensure_tiny_model(spec=tiny_spec(args)))
     image, _ = image_and_frames()
     text = prompt_text(QUERY, "answer", duration=8.0)
     rows = [{"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
@@ -190,7 +206,7 @@ def worker_trl(args) -> dict:
 
 def run_worker(name: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--group", str(args.group), "--new-tokens", str(args.new_tokens),
-               "--steps", str(args.steps), "--vocab", args.vocab]
+               "--steps", str(args.steps), "--vocab", args.vocab, "--width", str(args.width)]
     done = subprocess.run(command, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"worker {name} failed:\n{done.stderr[-3000:]}")
@@ -203,6 +219,7 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--steps", type=int, default=4, help="measured steps (after one warm-up step)")
     parser.add_argument("--vocab", choices=["small", "real"], default="small")
+    parser.add_argument("--width", type=int, default=64, help="text hidden size of the tiny model (a multiple of 32)")
     parser.add_argument("--worker", choices=["ours", "trl"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -210,7 +227,7 @@ def main() -> int:
         return 0
 
     g = args.group
-    print(f"tiny Qwen2.5-VL ({args.vocab} vocabulary), CPU, 1 thread per process; G = {g}, {args.new_tokens} new tokens, "
+    print(f"tiny Qwen2.5-VL (width {args.width}, {args.vocab} vocabulary), CPU, 1 thread per process; G = {g}, {args.new_tokens} new tokens, "
           f"fastest of {args.steps} steps after a warm-up")
     ours = run_worker("ours", args)
     grpo, temp = ours["video_grpo"], ours["video_tempsamp"]
