@@ -330,3 +330,30 @@ def test_one_training_step_on_other_families(family, data_dir, tmp_path):
     before, after = params(Path(model_dir)), params(checkpoints(out)[-1] / "model")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_highlights_train_with_the_timestamp_reward_mixed_with_grounding(tiny_small_vocab_model_dir, data_dir, tmp_path, monkeypatch):
+    """QVHighlights rows and grounding rows in one run: each scored by its own reward, the
+    highlight GT row written as scored windows (and scoring as a good answer)."""
+    qvh = {"qid": 7, "query": "a red square", "duration": 8.0, "vid": "v0", "relevant_windows": [[2.0, 6.0]],
+           "relevant_clip_ids": [1, 2], "saliency_scores": [[4, 3, 4], [2, 2, 3]]}
+    (tmp_path / "qvh.jsonl").write_text(json.dumps(qvh) + "\n")
+    texts = []
+    real_offpolicy = loop.offpolicy_text
+    monkeypatch.setattr(loop, "offpolicy_text", lambda ex, mode: texts.append((ex.task, real_offpolicy(ex, mode))) or texts[-1][1])
+    cfg = load_config("tiny_cpu", tiny_overrides(
+        tiny_small_vocab_model_dir, data_dir, tmp_path / "run", dataset=None, videos=str(data_dir),
+        train_annotations=[str(data_dir / "train.jsonl"), str(tmp_path / "qvh.jsonl")], queries_per_step=4,
+        stages=[{"mode": "answer", "steps": 1}]))
+    out = loop.train(cfg)
+    row = read_metrics(out)[-1]
+    assert row["groups"] == 4 and row["faults/bad_videos"] == 0
+    assert {task for task, _ in texts} == {"grounding", "highlights"}
+    highlight_gt = next(text for task, text in texts if task == "highlights")
+    assert "2.0 to 6.0 (score" in highlight_gt
+    from tempsamp.data.readers import load_examples
+    from tempsamp.train.scoring import score_group
+
+    (example,) = load_examples(tmp_path / "qvh.jsonl", videos=str(data_dir))
+    gt_reward = score_group(example, [highlight_gt, "<answer> 0.0 to 1.0 (score 4) </answer>"], False).task
+    assert gt_reward[0] > 0.9 and gt_reward[1] < 0.5  # the timestamp reward, not IoU, and the GT earns it
