@@ -96,7 +96,8 @@ def params(model_dir: Path) -> dict:
 
 
 def test_train_runs_logs_and_checkpoints(tiny_model_dir, data_dir, tmp_path):
-    cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", save_every=1))
+    # spike_factor=0: every non-zero loss after the first counts as a spike (to see them logged)
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", save_every=1, spike_factor=0))
     out = loop.train(cfg)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -114,6 +115,8 @@ def test_train_runs_logs_and_checkpoints(tiny_model_dir, data_dir, tmp_path):
     AutoModelForImageTextToText.from_pretrained(kept[-1] / "model")
     assert not list(out.glob(".checkpoint-*.tmp"))
     assert rows[-1]["memory/peak_gb"] > 0 and rows[-1]["policy/entropy"] > 0 and rows[-1]["groups"] == 2
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events] == ["loss_spike", "loss_spike"] and rows[-1]["faults/loss_spikes"] == 2
     from tempsamp.cli import main
 
     assert main(["plot", str(out)]) == 0  # `tempsamp plot RUN_DIR`
@@ -318,14 +321,21 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_small_vocab_
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
-def test_one_training_step_on_other_families(family, data_dir, tmp_path):
+def test_one_training_step_on_other_families(family, data_dir, tmp_path, monkeypatch):
     """Qwen2-VL and Qwen3-VL train through the same adapter (tiny random models, small vocabulary)."""
     from tempsamp.models.tiny import TinySpec, ensure_tiny_model
 
     model_dir = ensure_tiny_model(spec=TinySpec(family=family, vocab="small"))
+    gt_texts = []
+    real_offpolicy = loop.offpolicy_text
+    monkeypatch.setattr(loop, "offpolicy_text", lambda *a: gt_texts.append(real_offpolicy(*a)) or gt_texts[-1])
     cfg = load_config("tiny_cpu", tiny_overrides(model_dir, data_dir, tmp_path / "run", stages=[{"mode": "cot", "steps": 1}]))
     out = loop.train(cfg)
     row = read_metrics(out)[-1]
+    # a CoT stage: the GT row is written in the CoT format (and so earns the format reward)
+    from tempsamp.rewards import format_reward
+
+    assert len(gt_texts) == 2 and all(t.startswith("<think>") for t in gt_texts) and format_reward(gt_texts).tolist() == [1, 1]
     assert row["faults/skipped_steps"] == 0 and row["loss/kl"] is not None and row["groups"] == 2
     before, after = params(Path(model_dir)), params(checkpoints(out)[-1] / "model")
     assert before.keys() == after.keys()
