@@ -202,6 +202,21 @@ def test_bad_video_is_counted_not_fatal(tiny_model_dir, data_dir, tmp_path):
     assert events[0]["kind"] == "bad_video" and "missing.mp4" in events[0]["message"]
 
 
+def test_step_without_a_usable_video_is_skipped_and_still_checkpointed(tiny_small_vocab_model_dir, data_dir, tmp_path):
+    (tmp_path / "only_missing.jsonl").write_text((data_dir / "with_missing.jsonl").read_text().splitlines()[-1] + "\n")
+    cfg = load_config("tiny_cpu", tiny_overrides(tiny_small_vocab_model_dir, data_dir, tmp_path / "run",
+                                                 train_annotations=str(tmp_path / "only_missing.jsonl"),
+                                                 stages=[{"mode": "answer", "steps": 2}]))
+    out = loop.train(cfg)
+    events = [json.loads(line)["kind"] for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events == ["bad_video", "bad_video", "skipped_step"] * 2
+    rows = read_metrics(out)  # the faults are logged; nothing else (nothing was trained)
+    assert [(r["faults/skipped_steps"], r["faults/bad_videos"]) for r in rows] == [(1, 2), (2, 4)]
+    assert all(set(r) == {"step"} | {k for k in r if k.startswith("faults/")} for r in rows)
+    state = json.loads((checkpoints(out)[-1] / "state.json").read_text())
+    assert state["step"] == 2 and state["counters"]["skipped_steps"] == 2 and state["counters"]["bad_videos"] == 4
+
+
 def test_non_finite_step_is_skipped_not_applied(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     real = loop.grpo_loss
 

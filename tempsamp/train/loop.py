@@ -380,6 +380,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
+    if cfg.queries_per_step < accelerator.num_processes:
+        raise ValueError(f"queries_per_step={cfg.queries_per_step} is less than the {accelerator.num_processes} processes: "
+                         "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
     dtype = weight_dtype(cfg, accelerator)
     model_path = resolve_model_path(cfg.model)
@@ -426,6 +429,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
         )
 
+    def end_of_step(done: int) -> None:
+        """Checkpoint every save_every steps and at the end (skipped steps included), in step."""
+        if done % cfg.save_every == 0 or done == cfg.total_steps:
+            full_state = accelerator.get_state_dict(model) if sharded else None  # collective: every process
+            if accelerator.is_main_process:
+                save_checkpoint(out, done, policy, processor, None if sharded else optimizer,
+                                {"counters": vars(counters), "config": cfg.to_dict()}, cfg.keep_last, model_state=full_state)
+        accelerator.wait_for_everyone()
+
     end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not accelerator.is_main_process)
     for step in bar:
@@ -441,8 +453,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         model.eval()
         groups, group_slots, events = [], [], []
         for slot, index in slots:
-            try:
-                with torch.no_grad():
+            try:  # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU)
+                with torch.no_grad(), accelerator.autocast():
                     groups.append(rollout(cfg, engine, processor, accelerator.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
                 group_slots.append(slot)
             except (FileNotFoundError, VideoDecodeError) as err:
@@ -461,6 +473,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                 for kind, message in [e for r in reports for e in r["events"]]:
                     logger.event(step, kind, message)
                 logger.event(step, "skipped_step", f"no usable video on {group_counts.count(0)} of {len(group_counts)} processes")
+                logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
+            end_of_step(step + 1)
             continue
 
         # 2. score, 3. advantages (on whole groups: each group lives on one process)
@@ -509,13 +523,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             logger.log(step + 1, scalars)
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
-        done = step + 1
-        if done % cfg.save_every == 0 or done == cfg.total_steps:
-            full_state = accelerator.get_state_dict(model) if sharded else None  # collective: every process
-            if accelerator.is_main_process:
-                save_checkpoint(out, done, policy, processor, None if sharded else optimizer,
-                                {"counters": vars(counters), "config": cfg.to_dict()}, cfg.keep_last, model_state=full_state)
-        accelerator.wait_for_everyone()
+        end_of_step(step + 1)
 
     if logger:
         logger.close()
