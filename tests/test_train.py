@@ -59,8 +59,11 @@ def data_dir(tmp_path_factory):
         write_video(root / f"v{i}.mp4", 8.0, span)
         rows.append({"video": f"v{i}.mp4", "duration": 8.0, "query": "when is the red square visible?", "spans": [list(span)]})
     rows.append({"video": "missing.mp4", "duration": 8.0, "query": "when is the blue circle visible?", "spans": [[1.0, 2.0]]})
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # not a decodable video
+    rows.append({"video": "corrupt.mp4", "duration": 8.0, "query": "when is the green cat visible?", "spans": [[1.0, 2.0]]})
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
-    (root / "with_missing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "with_missing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    (root / "with_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
@@ -167,9 +170,11 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
     loop.train(cfg)
     # 2 groups x (reference + old policy + 2 updates)
     assert len(calls) == 8
-    processor = __import__("transformers").AutoProcessor.from_pretrained(tiny_model_dir)
+    from transformers import AutoConfig, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
     gt_rows = [qwen_vl.completion_ids(processor, text) for text in gt_texts]
-    tokens_per_second = __import__("transformers").AutoConfig.from_pretrained(tiny_model_dir).vision_config.tokens_per_second
+    tokens_per_second = AutoConfig.from_pretrained(tiny_model_dir).vision_config.tokens_per_second
     for call in calls:
         assert {"pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids"} <= call["keys"]
         batch, mask = call["batch"], call["batch"]["completion_mask"].bool()
@@ -192,14 +197,17 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
         assert not torch.equal(call["positions"][0, 0, video], one_d)
 
 
-def test_bad_video_is_counted_not_fatal(tiny_model_dir, data_dir, tmp_path):
+def test_missing_and_corrupt_videos_are_counted_not_fatal(tiny_model_dir, data_dir, tmp_path):
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run",
-                                                 train_annotations=str(data_dir / "with_missing.jsonl"),
-                                                 queries_per_step=4, stages=[{"mode": "answer", "steps": 1}]))
+                                                 train_annotations=str(data_dir / "with_bad.jsonl"),
+                                                 queries_per_step=5, stages=[{"mode": "answer", "steps": 1}]))
     out = loop.train(cfg)
-    assert read_metrics(out)[-1]["faults/bad_videos"] == 1
+    row = read_metrics(out)[-1]
+    assert row["faults/bad_videos"] == 2 and row["groups"] == 3 and row["faults/skipped_steps"] == 0
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert events[0]["kind"] == "bad_video" and "missing.mp4" in events[0]["message"]
+    assert sorted(e["kind"] for e in events) == ["bad_video", "bad_video"]
+    messages = " ".join(e["message"] for e in events)
+    assert "missing.mp4" in messages and "corrupt.mp4" in messages  # the file is named
 
 
 def test_step_without_a_usable_video_is_skipped_and_still_checkpointed(tiny_small_vocab_model_dir, data_dir, tmp_path):
@@ -320,7 +328,8 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_small_vocab_
 
     monkeypatch.setattr(qwen_vl, "completion_logprobs", spy)
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_small_vocab_model_dir, data_dir, tmp_path / "run", lora=True, lora_r=4,
-                                                 lora_dropout=0.0, beta=0.04, stages=[{"mode": "answer", "steps": 2}]))
+                                                 lora_dropout=0.0, beta=0.04, gradient_checkpointing=True,
+                                                 stages=[{"mode": "answer", "steps": 2}]))
     out = loop.train(cfg)
     assert len({id(c["model"]) for c in calls}) == 1  # one model object for policy and reference
     assert [c["adapter_off"] for c in calls] == [True, True, False, False] * 2  # per step: 2 references, 2 updates
