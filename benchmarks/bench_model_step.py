@@ -1,7 +1,7 @@
 """Cost of one group on the tiny Qwen2.5-VL: sampling, and scoring with gradients.
 
     python benchmarks/bench_model_step.py [--group 4] [--seconds 20] [--fps 2] [--size 56]
-                                          [--new-tokens 32] [--repeats 3]
+                                          [--new-tokens 32] [--repeats 3] [--threads 1]
 
 One group = G completions of one prompt holding a `seconds`-long video at `fps` (frames of
 size x size pixels). For each vocabulary (real Qwen2.5, 151,936 rows; small, 1,088 rows) and each
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ def worker(args) -> dict:
     from tempsamp.models import qwen_vl
     from tempsamp.models.tiny import TinySpec, ensure_tiny_model
 
+    torch.set_num_threads(args.threads)
     model, processor = qwen_vl.load_policy(str(ensure_tiny_model(spec=TinySpec(vocab=args.vocab))))
     num_frames = int(round(args.seconds * args.fps))
     frames = np.random.default_rng(0).integers(0, 256, (num_frames, args.size, args.size, 3), dtype=np.uint8)
@@ -92,6 +94,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=56)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads per worker (1: the tiny model's small ops are fastest so on a shared 2-core machine)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vocab", default="real", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="keep", help=argparse.SUPPRESS)
@@ -109,7 +113,8 @@ def main() -> int:
     for vocab in ("real", "small"):
         for mode in ("keep", "full"):
             command = [sys.executable, __file__, "--worker", f"--vocab={vocab}", f"--mode={mode}", *shared]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
             results[vocab, mode] = json.loads(output.strip().splitlines()[-1])
 
     first = results["real", "keep"]
