@@ -128,9 +128,14 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.vllm, self.processor, self.model_type = vllm, processor, model_type
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        extra = {}
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # One engine per training process on its own GPU, inside the launcher's process group
+            # (as TRL's colocate mode does); without this vLLM would start its own workers.
+            extra["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            limit_mm_per_prompt={"video": 1, "image": 0}, enable_prefix_caching=True, seed=0,
+            limit_mm_per_prompt={"video": 1, "image": 0}, enable_prefix_caching=True, seed=0, **extra,
         )
 
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
