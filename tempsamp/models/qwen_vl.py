@@ -554,3 +554,138 @@ def enable_gradient_checkpointing(model) -> None:
     inner = unwrap(model)
     inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     inner.config.use_cache = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched prompts (inference: several queries, each with its own video, in one generate call)
+# ----------------------------------------------------------------------------------------------
+
+
+def build_prompt_batch(
+    processor,
+    prompt_texts: Sequence[str],
+    frames_list: Sequence[np.ndarray],
+    fps_list: Sequence[float],
+    *,
+    system_prompt: str | None = None,
+    device: torch.device | str | None = None,
+    processor_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The model inputs for B queries, one video each, in ONE processor call, LEFT-padded.
+
+    Left padding puts every row's last prompt token at the same column, so ``generate`` appends
+    each row's new tokens right after its own prompt. Row i's video is video i:
+    ``pixel_values_videos`` holds the videos' patches in row order, ``video_grid_thw`` [B, 3] and
+    ``second_per_grid_ts`` [B] one entry per row, ``mm_token_type_ids`` [B, S] (0 on padding).
+    The rope positions of a padded row equal the unpadded row's: get_rope_index drops the
+    positions where attention_mask is 0 (checked by tests/test_inference.py, batched == batch 1).
+    """
+    if not (len(prompt_texts) == len(frames_list) == len(fps_list)) or not prompt_texts:
+        raise ValueError(
+            f"build_prompt_batch: need as many texts, videos and fps values (>= 1), got "
+            f"{len(prompt_texts)}, {len(frames_list)}, {len(fps_list)}"
+        )
+    frames_list = [np.asarray(frames) for frames in frames_list]
+    for i, frames in enumerate(frames_list):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+            raise ValueError(
+                f"build_prompt_batch: video {i}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}"
+            )
+    texts = [
+        processor.apply_chat_template(chat_messages(text, system_prompt), tokenize=False, add_generation_prompt=True)
+        for text in prompt_texts
+    ]
+    metadata = [
+        video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2])
+        for frames, fps in zip(frames_list, fps_list)
+    ]
+    tokenizer = _tokenizer(processor)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = processor(
+            text=texts,
+            videos=list(frames_list),
+            video_metadata=metadata,
+            do_sample_frames=False,
+            padding=True,
+            return_tensors="pt",
+            **(processor_kwargs or {}),
+        )
+    finally:
+        tokenizer.padding_side = side
+    inputs = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+    if "second_per_grid_ts" in inputs:
+        inputs["second_per_grid_ts"] = torch.as_tensor(inputs["second_per_grid_ts"], dtype=torch.float32)
+    if device is not None:
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+    return inputs
+
+
+def split_prompt_batch(batch_inputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The B batch-1 prompts of a (left-)padded ``build_prompt_batch`` result, padding removed.
+
+    Each is what ``build_prompt`` gives for that query alone (one video per row), so per-query
+    code (``group_batch``, ``completion_logprobs``) runs on it unchanged.
+    """
+    mask = batch_inputs["attention_mask"].bool()
+    grids = batch_inputs.get("video_grid_thw")
+    if grids is not None and grids.shape[0] != mask.shape[0]:
+        raise ValueError(f"split_prompt_batch: expects one video per row, got {grids.shape[0]} videos for {mask.shape[0]} rows")
+    patch_ends = grids.prod(-1).cumsum(0).tolist() if grids is not None else []
+    prompts = []
+    for row in range(mask.shape[0]):
+        prompt = {key: batch_inputs[key][row : row + 1, mask[row]] for key in TOKEN_KEYS if key in batch_inputs}
+        if grids is not None:
+            start = patch_ends[row - 1] if row else 0
+            prompt["pixel_values_videos"] = batch_inputs["pixel_values_videos"][start : patch_ends[row]]
+            for key in ("video_grid_thw", "second_per_grid_ts"):
+                if key in batch_inputs:
+                    prompt[key] = batch_inputs[key][row : row + 1]
+        prompts.append(prompt)
+    return prompts
+
+
+def generate_batch(
+    model,
+    processor,
+    batch_inputs: Mapping[str, torch.Tensor],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    do_sample: bool = False,
+) -> Completions:
+    """One completion per row of a left-padded ``build_prompt_batch`` result (greedy by default).
+
+    The same generation settings as ``generate`` (stop tokens, no checkpoint sampling knobs,
+    placeholder tokens suppressed); rows that stop early are padded by transformers and trimmed
+    at their stop token here.
+    """
+    from transformers import GenerationConfig
+
+    if batch_inputs["attention_mask"][:, -1].eq(0).any():
+        raise ValueError("generate_batch: the prompts must be LEFT-padded (build_prompt_batch does this)")
+    stops = stop_token_ids(processor)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        eos_token_id=stops,
+        pad_token_id=pad_token_id(processor),
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=0 if do_sample else None,
+        repetition_penalty=1.0,
+        suppress_tokens=placeholder_token_ids(model) or None,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            sequences = model.generate(**batch_inputs, generation_config=config)
+    finally:
+        model.train(was_training)
+    new_tokens = sequences[:, prompt_length(batch_inputs) :].tolist()
+    ids = [trim_at_stop(row, stops) for row in new_tokens]
+    texts = _tokenizer(processor).batch_decode(ids, skip_special_tokens=True)
+    return Completions(ids, texts)
