@@ -42,9 +42,11 @@ def bench(tmp_path_factory):
     """Three good videos, one missing, one corrupt; annotations in the generic JSONL format."""
     root = tmp_path_factory.mktemp("eval_data")
     rows = []
-    for i, span in enumerate([(2.0, 6.0), (8.0, 12.0), (1.0, 4.0)]):
-        write_video(root / f"v{i}.mp4", 14.0, span)
-        rows.append({"video": f"v{i}.mp4", "duration": 14.0, "query": "when is the blue square visible?", "spans": [list(span)]})
+    # different video lengths and query lengths, so that batched prompts need padding
+    queries = ["when is the blue square visible?", "blue square?", "at what time does the blue square appear in the middle of the frame?"]
+    for i, (seconds, span) in enumerate([(14.0, (2.0, 6.0)), (10.0, (6.0, 9.0)), (6.0, (1.0, 4.0))]):
+        write_video(root / f"v{i}.mp4", seconds, span)
+        rows.append({"video": f"v{i}.mp4", "duration": seconds, "query": queries[i], "spans": [list(span)]})
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     rows.append({"video": "missing.mp4", "duration": 14.0, "query": "when does the red circle appear?", "spans": [[1.0, 2.0]]})
     rows.append({"video": "corrupt.mp4", "duration": 14.0, "query": "when does the red circle appear?", "spans": [[3.0, 5.0]]})
@@ -83,15 +85,18 @@ def test_evaluate_every_mode_keeps_failures_in_the_denominator(tiny_model_dir, b
 def test_evaluate_resumes_without_regenerating(tiny_model_dir, bench, tmp_path, monkeypatch):
     examples = load(bench)[:2]
     out = tmp_path / "eval"
-    first = inference.evaluate(str(tiny_model_dir), examples, out, ("answer",), video=VIDEO, max_new_tokens=4, progress=False)
+    first = inference.evaluate(str(tiny_model_dir), examples, out, ("answer",), video=VIDEO, max_new_tokens=4,
+                               progress=False, batch_size=2)
     # a kill in the middle of writing leaves a cut last line: that query is generated again
     gen = out / "generations.jsonl"
+    assert len(gen.read_text().splitlines()) == 2  # one line per query, also when generated in one batch
     gen.write_text(gen.read_text().splitlines()[0] + "\n" + '{"qid": "cut')
-    calls = []
-    real = inference.generate_answer
-    monkeypatch.setattr(inference, "generate_answer", lambda *a, **k: calls.append(1) or real(*a, **k))
-    second = inference.evaluate(str(tiny_model_dir), examples, out, ("answer",), video=VIDEO, max_new_tokens=4, progress=False)
-    assert len(calls) == 1  # only the cut query
+    generated = []
+    real = inference.generate_answers
+    monkeypatch.setattr(inference, "generate_answers", lambda gen_, videos, queries, *a: generated.extend(queries) or real(gen_, videos, queries, *a))
+    second = inference.evaluate(str(tiny_model_dir), examples, out, ("answer",), video=VIDEO, max_new_tokens=4,
+                                progress=False, batch_size=2)
+    assert generated == [examples[1].query]  # only the cut query
     assert second["answer"]["mIoU"] == first["answer"]["mIoU"]
 
 
@@ -143,3 +148,123 @@ def test_eval_and_predict_commands(tiny_model_dir, bench, tmp_path, capsys):
     assert printed.startswith("span: ") and "answer: " in printed
     with pytest.raises(SystemExit):
         main(["predict", "--model", str(tiny_model_dir), str(bench / "missing.mp4"), "q", "--max-new-tokens", "2"])
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def lively(model, seed: int = 0):
+    """The tiny model with large random weights: its greedy answers then differ from query to query
+    and token to token (the saved tiny model, near its init, answers a newline to everything, which
+    would let a batching bug pass unseen)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def lively_model_dir(tiny_small_vocab_model_dir, tmp_path_factory):
+    from tempsamp.models import qwen_vl
+
+    model, processor = qwen_vl.load_policy(str(tiny_small_vocab_model_dir))
+    out = tmp_path_factory.mktemp("lively")
+    lively(model).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_batched_greedy_equals_one_at_a_time(lively_model_dir):
+    """Left-padded batch of 4 queries (different prompt lengths, videos, frame counts, fps) ==
+    each query alone, token for token; and the check is sharp: corrupting one per-row input changes it."""
+    import torch
+
+    from tempsamp.models import qwen_vl
+
+    model, processor = qwen_vl.load_policy(str(lively_model_dir))
+    model.eval()
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 256, (t, 56, 56, 3), dtype=np.uint8) for t in (8, 5, 12, 3)]
+    texts = ["when?", "when is the blue square visible in the video at all, tell me please", "a b c d e f g h", "x"]
+    fps = [2.0, 2.0, 1.0, 4.0]
+    alone = []
+    for text, frames, rate in zip(texts, videos, fps):
+        prompt = qwen_vl.build_prompt(processor, text, frames, rate)
+        alone.append(qwen_vl.generate(model, processor, prompt, num_samples=1, max_new_tokens=8, do_sample=False).ids[0])
+    assert len({tuple(ids) for ids in alone}) == 4  # the answers differ, so a row mix-up would show
+
+    batch = qwen_vl.build_prompt_batch(processor, texts, videos, fps)
+    mask = batch["attention_mask"]
+    assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()  # left padding, and some is needed
+    assert batch["video_grid_thw"].shape[0] == 4 and batch["second_per_grid_ts"].tolist() == [1.0, 1.0, 2.0, 0.5]
+    assert (batch["mm_token_type_ids"][mask == 0] == 0).all()
+    assert qwen_vl.generate_batch(model, processor, batch, max_new_tokens=8).ids == alone
+
+    # the batch splits back into exactly the one-query prompts (used to score each answer's log-prob)
+    for text, frames, rate, part in zip(texts, videos, fps, qwen_vl.split_prompt_batch(batch)):
+        prompt = qwen_vl.build_prompt(processor, text, frames, rate)
+        assert part.keys() == prompt.keys()
+        assert all(torch.equal(part[key], prompt[key]) for key in prompt), text
+
+    # the same comparison fails when a per-row input is wrong: it would catch a batching bug
+    shuffled = dict(batch, second_per_grid_ts=batch["second_per_grid_ts"][[1, 0, 3, 2]])
+    assert qwen_vl.generate_batch(model, processor, shuffled, max_new_tokens=8).ids != alone
+    without_types = {key: value for key, value in batch.items() if key != "mm_token_type_ids"}
+    assert qwen_vl.generate_batch(model, processor, without_types, max_new_tokens=8).ids != alone
+    right_padded = dict(batch, attention_mask=batch["attention_mask"].flip(1))
+    with pytest.raises(ValueError, match="LEFT-padded"):
+        qwen_vl.generate_batch(model, processor, right_padded, max_new_tokens=8)
+
+
+def test_evaluate_batched_equals_batch_one_and_bad_videos_fail_alone(lively_model_dir, bench, tmp_path):
+    """batch_size 2 puts the missing video in a batch with a good one: only the missing one fails,
+    and every stored generation (answer, CoT, log-prob) equals the batch-1 run's."""
+    examples = load(bench)
+    runs = {}
+    for batch_size in (1, 2):
+        out = tmp_path / f"b{batch_size}"
+        metrics = inference.evaluate(str(lively_model_dir), examples, out, ("answer", "cot", "mixed"), video=VIDEO,
+                                     max_new_tokens=6, progress=False, batch_size=batch_size)
+        runs[batch_size] = ([json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()], metrics)
+        assert f"batch_size: `{batch_size}`" in (out / "report.md").read_text()
+    (one, metrics_one), (two, metrics_two) = runs[1], runs[2]
+    assert [r["qid"] for r in two] == [ex.qid for ex in examples]
+    assert [bool(r.get("error")) for r in two] == [False, False, False, True, True]
+    assert len({r["answer"]["text"] for r in two[:3]}) == 3  # real, differing answers
+    assert two == one
+    assert metrics_two == metrics_one
+
+
+def test_default_batch_size_and_engine_errors(monkeypatch, tiny_model_dir, bench, tmp_path, capsys):
+    import importlib.util
+
+    import torch
+
+    assert inference.default_batch_size("cpu") == 4 and inference.default_batch_size("cuda:0") == 8
+    with pytest.raises(ValueError, match="engine 'tgi'"):
+        inference.make_generator("tgi", str(tiny_model_dir), max_new_tokens=2, temperature=0.0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        inference.run_generations(None, [], tmp_path, ["answer"], VIDEO, batch_size=0, progress=False)
+
+    # vLLM: a clear error, both without the package and without a GPU
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    with pytest.raises(RuntimeError, match="needs vLLM"):
+        inference.check_vllm_available()
+    args = ["eval", "--model", str(tiny_model_dir), "--dataset", "jsonl", "--annotations", str(bench / "test.jsonl"),
+            "--out", str(tmp_path / "v"), "--engine", "vllm"]
+    with pytest.raises(SystemExit, match="tempsamp eval: --engine vllm needs vLLM"):
+        main(args)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        main(args)
+    assert not (tmp_path / "v").exists()  # refused before any work
+
+    with pytest.raises(SystemExit):  # argparse: batch size must be positive
+        main(args[:-2] + ["--batch-size", "0"])
+    assert "must be >= 1" in capsys.readouterr().err

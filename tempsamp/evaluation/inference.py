@@ -10,8 +10,11 @@ Modes:
                 ground truth. It needs the answer key, so it is an UPPER BOUND, labelled so
                 wherever it is printed.
 Both underlying modes are generated once per query; ``mixed`` and ``mixed-oracle`` are derived from
-them. Generation is greedy by default. Progress is stored in ``generations.jsonl`` one query at a
-time, so a rerun skips queries already done (resumable).
+them. Generation is greedy by default and batched: ``batch_size`` queries (each with its own video)
+per generate call, left-padded; greedy batched answers equal one-at-a-time answers exactly. Engines:
+transformers (default, tested) or vLLM (GPU only, not run here). Progress is stored in
+``generations.jsonl``, one line per query, after each batch, so a rerun skips queries already done
+(resumable).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
 
 MODES = ("answer", "cot", "mixed", "mixed-oracle")
+ENGINES = ("transformers", "vllm")
 ORACLE_LABEL = "mixed-oracle (UPPER BOUND: chooses with the ground truth)"
 
 
@@ -49,24 +53,8 @@ class VideoSettings:
                              max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir)
 
 
-def generate_answer(model, processor, video, query: str, duration: float, mode: str, task: str = "grounding",
-                    *, max_new_tokens: int = 256, temperature: float = 0.0) -> dict:
-    """One answer for one query: raw text, parsed span(s), and its mean token log-prob (with video)."""
-    import torch
-
-    from tempsamp.models import qwen_vl
-
-    text = prompt_text(query, mode, duration=duration, task=task)
-    prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, device=model.device)
-    greedy = temperature <= 0
-    out = qwen_vl.generate(model, processor, prompt, num_samples=1, max_new_tokens=max_new_tokens,
-                           temperature=1.0 if greedy else temperature, do_sample=not greedy)
-    ids, answer = out.ids[0], out.texts[0]
-    logprob = float("nan")
-    if ids:
-        with torch.no_grad():
-            batch = qwen_vl.group_batch(prompt, [ids], qwen_vl.pad_token_id(processor))
-            logprob = float(qwen_vl.completion_logprobs(model, batch).sum() / len(ids))
+def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
+    """A stored generation: raw text, parsed span(s), mean token log-prob, token count."""
     record = {"text": answer, "logprob": logprob, "tokens": len(ids)}
     if task == HIGHLIGHTS:
         record["windows"] = [list(w) for w in parse_scored_spans(answer)]
@@ -75,6 +63,97 @@ def generate_answer(model, processor, video, query: str, duration: float, mode: 
         span = parse_span(answer)
         record["span"] = list(span) if span else None
     return record
+
+
+class TransformersGenerator:
+    """Batched generation with transformers ``generate`` (left-padded prompts, one video per row).
+
+    Greedy results equal one-at-a-time results exactly (tests/test_inference.py): the padding is
+    masked out of attention and out of the rotary positions (get_rope_index skips masked tokens).
+    The mean log-prob of each answer is scored per query, on that query's unpadded prompt.
+    """
+
+    def __init__(self, model, processor, *, max_new_tokens: int, temperature: float = 0.0):
+        self.model, self.processor = model, processor
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+    def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
+        import torch
+
+        from tempsamp.models import qwen_vl
+
+        batch = qwen_vl.build_prompt_batch(self.processor, prompt_texts, [v.frames for v in videos],
+                                           [v.fps for v in videos], device=self.model.device)
+        greedy = self.temperature <= 0
+        out = qwen_vl.generate_batch(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens,
+                                     temperature=1.0 if greedy else self.temperature, do_sample=not greedy)
+        results = []
+        for prompt, ids, text in zip(qwen_vl.split_prompt_batch(batch), out.ids, out.texts):
+            logprob = float("nan")
+            if ids:
+                with torch.no_grad():
+                    rows = qwen_vl.group_batch(prompt, [ids], qwen_vl.pad_token_id(self.processor))
+                    logprob = float(qwen_vl.completion_logprobs(self.model, rows).sum() / len(ids))
+            results.append((ids, text, logprob))
+        return results
+
+
+class VLLMGenerator:
+    """Batched greedy (or sampled) generation with vLLM: GPU only, NOT RUN where this was written.
+
+    Reuses tempsamp.train.rollout_engine's VLLMEngine (engine set-up) and video_payload (the
+    already-sampled frames with their fps, so vLLM's processor sees what the transformers
+    processor sees); one ``llm.generate`` call per batch. The answer's mean log-prob is vLLM's
+    cumulative log-prob / tokens (same weights; not the transformers forward). Written from vLLM's
+    documented API like VLLMEngine; check it on a GPU against ``--engine transformers``.
+    """
+
+    def __init__(self, model_path: str, processor, model_type: str, *, max_new_tokens: int, temperature: float = 0.0):
+        from tempsamp.train.rollout_engine import VLLMEngine
+
+        self.processor, self.model_type = processor, model_type
+        self.engine = VLLMEngine(model_path, processor, model_type=model_type, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=1.0, gpu_memory_utilization=0.85)
+
+    def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
+        from tempsamp.models import qwen_vl
+        from tempsamp.train.rollout_engine import video_payload
+
+        engine = self.engine
+        stops = qwen_vl.stop_token_ids(self.processor)
+        params = engine.vllm.SamplingParams(
+            n=1, temperature=max(engine.temperature, 0.0), top_p=1.0, top_k=-1, repetition_penalty=1.0,
+            max_tokens=engine.max_new_tokens, seed=0, stop_token_ids=stops, skip_special_tokens=True, logprobs=0,
+        )
+        requests = []
+        for text, video in zip(prompt_texts, videos):
+            prompt = self.processor.apply_chat_template(qwen_vl.chat_messages(text), tokenize=False,
+                                                        add_generation_prompt=True)
+            item, mm_kwargs = video_payload(self.model_type, video.frames, video.fps)
+            requests.append({"prompt": prompt, "multi_modal_data": {"video": item}, "mm_processor_kwargs": mm_kwargs})
+        results = []
+        for output in engine.llm.generate(requests, sampling_params=params, use_tqdm=False):
+            completion = output.outputs[0]
+            ids = qwen_vl.trim_at_stop(list(completion.token_ids), stops)
+            logprob = (completion.cumulative_logprob / len(completion.token_ids)
+                       if completion.token_ids and completion.cumulative_logprob is not None else float("nan"))
+            results.append((ids, completion.text, float(logprob)))
+        return results
+
+
+def generate_answers(generator, videos: list, queries: list[str], durations: list[float], mode: str,
+                     tasks: list[str]) -> list[dict]:
+    """One answer per query (each with its own video), generated together in one batch."""
+    texts = [prompt_text(q, mode, duration=d, task=t) for q, d, t in zip(queries, durations, tasks)]
+    return [parse_record(text, ids, logprob, task)
+            for (ids, text, logprob), task in zip(generator.complete(texts, videos), tasks)]
+
+
+def generate_answer(model, processor, video, query: str, duration: float, mode: str, task: str = "grounding",
+                    *, max_new_tokens: int = 256, temperature: float = 0.0) -> dict:
+    """One answer for one query: raw text, parsed span(s), and its mean token log-prob (with video)."""
+    generator = TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
+    return generate_answers(generator, [video], [query], [duration], mode, [task])[0]
 
 
 def choose_mixed(answer: dict, cot: dict) -> str:
@@ -120,55 +199,119 @@ def qvhighlights_line(example: Example, pred: dict | None) -> dict:
             "pred_saliency_scores": scores.tolist()}
 
 
-def run_generations(model, processor, examples, out_dir: Path, modes_needed, video: VideoSettings,
-                    max_new_tokens: int, temperature: float, progress=True) -> list[dict]:
-    """Generate every needed mode for every example; resumable through generations.jsonl."""
-    from tqdm import tqdm
+def default_batch_size(device) -> int:
+    """Queries per generate call when none is given: 8 on a GPU, 4 on a CPU (docs/decisions.md)."""
+    import torch
 
-    from tempsamp.video.cache import VideoDecodeError
+    on_gpu = (str(device).startswith("cuda")) if device is not None else torch.cuda.is_available()
+    return 8 if on_gpu else 4
 
-    path = out_dir / "generations.jsonl"
+
+def read_done(path: Path) -> dict:
+    """The stored generations of generations.jsonl by qid (a line cut by a kill is generated again)."""
     done = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by a kill: that query is generated again
+                continue
             done[rec["qid"]] = rec
+    return done
+
+
+def run_generations(generator, examples, out_dir: Path, modes_needed, video: VideoSettings, batch_size: int = 1,
+                    progress=True) -> list[dict]:
+    """Generate every needed mode for every example, ``batch_size`` queries per generate call.
+
+    Resumable: each query's record is appended to generations.jsonl (one line per query) as soon
+    as its batch is done, and queries already there are skipped. A video that cannot be read
+    fails only its own query (an error record, scored as a miss); the rest of its batch goes on.
+    """
+    from tqdm import tqdm
+
+    from tempsamp.video.cache import VideoDecodeError
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    path = out_dir / "generations.jsonl"
+    done = read_done(path)
     todo = [ex for ex in examples if ex.qid not in done]
+    bar = tqdm(desc="eval", disable=not progress, initial=len(examples) - len(todo), total=len(examples))
     with open(path, "a") as sink:
-        for ex in tqdm(todo, desc="eval", disable=not progress, initial=len(examples) - len(todo), total=len(examples)):
-            rec = {"qid": ex.qid}
-            try:
-                frames = video.load(ex.video_path)
+        for first in range(0, len(todo), batch_size):
+            chunk = todo[first : first + batch_size]
+            records, readable, videos = {}, [], []
+            for ex in chunk:
+                try:
+                    videos.append(video.load(ex.video_path))
+                    readable.append(ex)
+                    records[ex.qid] = {"qid": ex.qid}
+                except (FileNotFoundError, VideoDecodeError) as err:
+                    records[ex.qid] = {"qid": ex.qid, "error": f"{type(err).__name__}: {err}"}
+            if readable:
                 for mode in modes_needed:
-                    rec[mode] = generate_answer(model, processor, frames, ex.query, ex.duration, mode, ex.task,
-                                                max_new_tokens=max_new_tokens, temperature=temperature)
-            except (FileNotFoundError, VideoDecodeError) as err:
-                rec = {"qid": ex.qid, "error": f"{type(err).__name__}: {err}"}
-            sink.write(json.dumps(rec) + "\n")
+                    answers = generate_answers(generator, videos, [ex.query for ex in readable],
+                                               [ex.duration for ex in readable], mode, [ex.task for ex in readable])
+                    for ex, answer in zip(readable, answers):
+                        records[ex.qid][mode] = answer
+            for ex in chunk:  # in query order, one line each, flushed: a kill loses at most this batch
+                sink.write(json.dumps(records[ex.qid]) + "\n")
+                done[ex.qid] = records[ex.qid]
             sink.flush()
-            done[ex.qid] = rec
+            bar.update(len(chunk))
+    bar.close()
     return [done[ex.qid] for ex in examples]
+
+
+def make_generator(engine: str, model_path: str, *, max_new_tokens: int, temperature: float, device=None):
+    """The generator of ``engine`` (transformers | vllm); vllm only with the package and a CUDA GPU."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    from tempsamp.models import qwen_vl
+
+    if engine == "vllm":
+        check_vllm_available()
+        from transformers import AutoConfig, AutoProcessor
+
+        model_type = qwen_vl.family_of(AutoConfig.from_pretrained(model_path)).model_type
+        return VLLMGenerator(model_path, AutoProcessor.from_pretrained(model_path), model_type,
+                             max_new_tokens=max_new_tokens, temperature=temperature)
+    model, processor = qwen_vl.load_policy(model_path, device=device)
+    model.eval()
+    return TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def check_vllm_available() -> None:
+    """A clear error unless vLLM is installed and a CUDA GPU is present."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("--engine vllm needs vLLM (`pip install 'tempsamp[vllm]'`) and a CUDA GPU; "
+                           "--engine transformers (the default) needs neither")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--engine vllm needs a CUDA GPU (none is visible); use --engine transformers on a CPU")
 
 
 def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, modes=("answer",), *,
              video: VideoSettings = VideoSettings(), max_new_tokens: int = 256, temperature: float = 0.0,
-             device=None, progress: bool = True) -> dict:
-    """Predictions, metrics and a markdown report for every requested mode; returns the metrics."""
-    from tempsamp.models import qwen_vl
+             device=None, progress: bool = True, batch_size: int | None = None, engine: str = "transformers") -> dict:
+    """Predictions, metrics and a markdown report for every requested mode; returns the metrics.
 
+    batch_size: queries per generate call (None: ``default_batch_size``). engine: transformers | vllm.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
     needed = sorted({m for mode in modes for m in ((ANSWER, COT) if mode.startswith("mixed") else (mode,))})
-    model, processor = qwen_vl.load_policy(model_path, device=device)
-    model.eval()
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
+    generator = make_generator(engine, model_path, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
     t0 = time.perf_counter()
-    records = run_generations(model, processor, examples, out_dir, needed, video, max_new_tokens, temperature, progress)
+    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress)
     seconds = time.perf_counter() - t0
 
     task = examples[0].task if examples else "grounding"
@@ -190,6 +333,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     setup = {"model": str(model_path), "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
              "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
+             "engine": engine, "batch_size": batch_size,
              "prompt_answer": prompt_text("{query}", ANSWER, duration=0.0, task=task),
              "prompt_cot": prompt_text("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tempsamp.evaluation.inference import MODES, ORACLE_LABEL
+from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 
 
 def _video_args(p) -> None:
@@ -16,6 +16,15 @@ def _video_args(p) -> None:
     p.add_argument("--frame-cache", default=None, help="folder for the on-disk frame cache")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _video_settings(args):
@@ -36,6 +45,11 @@ def register(sub) -> None:
                    help="one or more of answer, cot, mixed (deployable), mixed-oracle (upper bound: uses the GT)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="queries per generate call, each with its own video (default: 8 on a GPU, 4 on a CPU); "
+                        "greedy answers do not depend on it")
+    p.add_argument("--engine", choices=ENGINES, default="transformers",
+                   help="transformers (default) or vllm (needs vLLM installed and a CUDA GPU)")
     _video_args(p)
     p.set_defaults(func=run_eval)
 
@@ -51,13 +65,19 @@ def register(sub) -> None:
 
 def run_eval(args) -> int:
     from tempsamp.data.readers import load_examples
-    from tempsamp.evaluation.inference import evaluate
+    from tempsamp.evaluation.inference import check_vllm_available, evaluate
 
+    if args.engine == "vllm":  # before reading anything: say at once what is missing
+        try:
+            check_vllm_available()
+        except RuntimeError as err:
+            raise SystemExit(f"tempsamp eval: {err}") from None
     examples = load_examples(args.annotations, args.dataset, durations=args.durations, videos=args.videos)
     if args.limit:
         examples = examples[: args.limit]
     results = evaluate(args.model, examples, args.out, args.mode, video=_video_settings(args),
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       batch_size=args.batch_size, engine=args.engine)
     for mode, metrics in results.items():
         print(f"== {ORACLE_LABEL if mode == 'mixed-oracle' else mode}")
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
