@@ -13,7 +13,11 @@ import sys
 
 # Modules that register subcommands, in the order --help lists them.
 COMMAND_MODULES = [
+    "tempsamp.data.cli",
     "tempsamp.train.cli",
+    "tempsamp.evaluation.run_cli",
+    "tempsamp.evaluation.score_cli",
+    "tempsamp.demo",
 ]
 
 

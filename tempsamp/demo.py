@@ -1,0 +1,269 @@
+"""`tempsamp demo`: the paper's ablation in miniature, on a CPU, from nothing.
+
+synthetic benchmark -> start model (supervised, as the paper starts from an instruction-tuned
+model) -> RL with each strategy (grpo, reward_scaling, anchor, shaping) over several seeds ->
+hybrid CoT on the best -> evaluation on held-out synthetic videos -> a report folder with the
+paper-style table, curves, and an honest verdict on the paper's claims.
+
+Nothing here is tuned to force an outcome: every strategy gets the same start model, data, steps,
+learning rate and seeds, and the report states whether the paper's ordering holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+STRATEGIES = ("grpo", "reward_scaling", "anchor", "shaping")
+PAPER_ORDER = ("shaping", "anchor", "reward_scaling", "grpo")  # shaping >= anchoring >= scaling >= GRPO
+METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
+# One learning rate for every strategy (nothing tuned per strategy).
+RL_LEARNING_RATE = 2e-4
+
+
+@dataclass
+class DemoSize:
+    """How big the miniature is. ``full`` is meant to fit 15 minutes on 2 cores, ``quick`` 3."""
+
+    n_videos: int
+    seeds: int
+    sft_steps: int
+    rl_steps: int
+    cot_steps: int
+    eval_queries: int
+    queries_per_step: int = 4
+    num_generations: int = 6
+    max_new_tokens: int = 24  # an answer is 21 tokens + the stop token with the start model's vocabulary
+    cot_max_new_tokens: int = 72  # the GT's CoT completion is 60 tokens
+
+
+# Both sizes share the data and the start model (built once, then reused from the work folder).
+FULL = DemoSize(n_videos=300, seeds=3, sft_steps=500, rl_steps=20, cot_steps=8, eval_queries=50)
+QUICK = DemoSize(n_videos=300, seeds=1, sft_steps=500, rl_steps=6, cot_steps=3, eval_queries=20)
+
+# The synthetic task (tempsamp.data.synth): one object per 20-s video, visible during one span of
+# 2-6 s placed uniformly at random; the query names it. Reading the video is the only way to the
+# answer (the text gives no hint of the span). Why so plain: a tiny model trained for a minute or two
+# on a CPU does not learn to pick one of several objects by the query (tried: 2-3 objects or
+# grow/recolor events with distractors stayed at the text-only prior in 600 supervised steps), while
+# it does learn to read *when* a single object is on screen through Qwen2.5-VL's time-aware positions.
+SYNTH_KNOBS = {"objects": 1, "kinds": ["appear"], "queries_per_video": 1, "distractors": 0,
+               "duration": [20.0, 20.0], "event_length": [2.0, 6.0]}
+# The start model for FULL/QUICK, committed (4.7 MB) so `make demo` spends its minutes on RL. It is used
+# only when its recorded digest matches this data and SFTConfig (else the demo trains its own);
+# rebuild it with `python scripts/build_demo_start_model.py`.
+PREBUILT_START_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo-start-model"
+# One pixel budget for every stage: 56x56 per frame = 4 video tokens per 1-s grid slice.
+FRAME_PIXELS = 56 * 56
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def metric_key(metrics: dict, name: str) -> float:
+    for key in (name, name.replace("@", "_"), name.lower()):
+        if key in metrics:
+            return float(metrics[key])
+    raise KeyError(f"metric {name} not in {sorted(metrics)}")
+
+
+def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: str | Path = ".cache/demo",
+             size: DemoSize | None = None) -> Path:
+    """The whole miniature; ``size`` overrides FULL/QUICK (the tests run a very small one)."""
+    from tempsamp.data.readers import load_examples
+    from tempsamp.data.synth import synthesize
+    from tempsamp.evaluation.inference import VideoSettings, evaluate
+    from tempsamp.train.config import TrainConfig
+    from tempsamp.train.logger import read_metrics
+    from tempsamp.train.loop import train
+    from tempsamp.train.sft import SFTConfig, ensure_start_model
+
+    if size is not None:
+        size_name = "custom"
+    else:
+        size, size_name = (QUICK, "quick") if quick else (FULL, "full")
+    out, work = Path(out_dir), Path(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
+                          cache_dir=str(work / "frames"))
+
+    log(f"1/5 synthetic benchmark: {size.n_videos} videos of 20 s")
+    data = Path(synthesize(work / "synth", n=size.n_videos, seed=0, **SYNTH_KNOBS))
+    test = load_examples(data / "test.jsonl", "jsonl")[: size.eval_queries]
+
+    log(f"2/5 start model: {size.sft_steps} supervised steps on the synthetic training split")
+    start = ensure_start_model(work / "start-model", data / "train.jsonl", SFTConfig(
+        steps=size.sft_steps, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
+        total_pixels=video.total_pixels, frame_cache=video.cache_dir), prebuilt=PREBUILT_START_MODEL)
+    base = TrainConfig(
+        model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
+        num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
+        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
+        total_pixels=video.total_pixels, frame_cache=video.cache_dir, save_every=10**9, keep_last=1,
+    )
+    eval_kwargs = dict(video=video, max_new_tokens=size.max_new_tokens, progress=False)
+
+    log(f"   evaluating the start model on {len(test)} held-out queries")
+    start_metrics = evaluate(str(start), test, work / f"eval-start-{size_name}", ("answer",), **eval_kwargs)["answer"]
+    log(f"   start model: mIoU {metric_key(start_metrics, 'mIoU'):.1f}  R1@0.5 {metric_key(start_metrics, 'R1@0.5'):.1f}")
+
+    runs: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
+    curves: dict[str, list[list[dict]]] = {s: [] for s in STRATEGIES}
+    log(f"3/5 RL: {len(STRATEGIES)} strategies x {size.seeds} seeds x {size.rl_steps} steps "
+        f"({size.queries_per_step} queries x G = {size.num_generations} per step)")
+    for seed in range(size.seeds):
+        for strategy in STRATEGIES:
+            run_dir = work / f"runs-{size_name}" / f"{strategy}-seed{seed}"
+            cfg = replace(base, strategy=strategy, seed=seed, output_dir=str(run_dir),
+                          stages=[{"mode": "answer", "steps": size.rl_steps}]).validate()
+            train(cfg, resume=True)
+            model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"
+            metrics = evaluate(str(model_dir), test, run_dir / "eval", ("answer",), **eval_kwargs)["answer"]
+            runs[strategy].append(metrics)
+            curves[strategy].append(read_metrics(run_dir))
+            top1 = window_mean(curves[strategy][-1], "iou/top1_onpolicy", first=False)
+            log(f"   {strategy:15s} seed {seed}: held-out mIoU {metric_key(metrics, 'mIoU'):5.1f}  "
+                f"R1@0.5 {metric_key(metrics, 'R1@0.5'):5.1f}  top-1 on-policy IoU (last 5 steps) {top1:.2f}")
+
+    means = {s: np.mean([metric_key(m, "mIoU") for m in runs[s]]) for s in STRATEGIES}
+    best = max(STRATEGIES[1:], key=lambda s: means[s])
+    log(f"4/5 hybrid CoT on the best off-policy strategy ({best}): {size.rl_steps} answer + {size.cot_steps} CoT steps")
+    cot_runs = []
+    for seed in range(size.seeds):
+        run_dir = work / f"runs-{size_name}" / f"{best}-cot-seed{seed}"
+        cfg = replace(base, strategy=best, seed=seed, output_dir=str(run_dir), max_new_tokens=size.cot_max_new_tokens,
+                      stages=[{"mode": "answer", "steps": size.rl_steps}, {"mode": "cot", "steps": size.cot_steps}]).validate()
+        train(cfg, resume=True)
+        model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"
+        cot_runs.append(evaluate(str(model_dir), test, run_dir / "eval", ("answer", "cot", "mixed", "mixed-oracle"),
+                                 **dict(eval_kwargs, max_new_tokens=size.cot_max_new_tokens)))
+        log(f"   seed {seed}: " + "  ".join(f"{m} mIoU {metric_key(cot_runs[-1][m], 'mIoU'):.1f}" for m in cot_runs[-1]))
+
+    log("5/5 report")
+    minutes = (time.perf_counter() - t_start) / 60
+    setup = {"size": asdict(size), "synthetic data": SYNTH_KNOBS, "frame pixels": FRAME_PIXELS, "fps": video.fps,
+             "RL learning rate": RL_LEARNING_RATE, "beta (KL)": base.beta, "temperature": base.temperature,
+             "start model": str(start), "work folder": str(work)}
+    write_report(out, size, start_metrics, runs, curves, best, cot_runs, minutes, setup)
+    log(f"done in {minutes:.1f} min: {out / 'report.md'}")
+    return out
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def window_mean(run: list[dict], key: str, first: bool, n: int = 5) -> float:
+    """Mean of a logged scalar over the first (or last) n steps of one run."""
+    rows = run[:n] if first else run[-n:]
+    values = [r.get(key) for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def verdict(runs: dict, curves: dict) -> dict:
+    """The paper's two claims, read off this run's numbers (pure: unit-tested on made-up numbers)."""
+    means = {s: float(np.mean([metric_key(r, "mIoU") for r in runs[s]])) for s in STRATEGIES}
+    spread = max(float(np.std([metric_key(r, "mIoU") for r in runs[s]])) for s in STRATEGIES)
+    order = sorted(STRATEGIES, key=lambda s: -means[s])
+    top1 = {s: (float(np.mean([window_mean(c, "iou/top1_onpolicy", True) for c in curves[s]])),
+                float(np.mean([window_mean(c, "iou/top1_onpolicy", False) for c in curves[s]]))) for s in STRATEGIES}
+    guided = [s for s in STRATEGIES if s != "grpo"]
+    return {
+        "means": means,
+        "largest_std": spread,
+        "observed_order": order,
+        "order_holds": all(means[a] >= means[b] for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:])),
+        # within one seed-to-seed std of each other, an ordering is not evidence either way
+        "order_resolved": all(abs(means[a] - means[b]) > spread for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:])),
+        "top1_first_last": top1,
+        "guided_top1_above_0.6": all(top1[s][1] > 0.6 for s in guided),
+        "grpo_top1_below_0.6": top1["grpo"][1] <= 0.6,
+        "guided_beats_grpo": all(means[s] > means["grpo"] for s in guided),
+    }
+
+
+def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dict, best: str, cot_runs: list,
+                 minutes: float, setup: dict | None = None) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = verdict(runs, curves)
+    rows = ["| configuration | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    rows.append("| start model (supervised) | " + " | ".join(f"{metric_key(start, m):.1f}" for m in METRICS) + " |")
+    for s in STRATEGIES:
+        rows.append(f"| {s} | " + " | ".join(mean_std([metric_key(r, m) for r in runs[s]]) for m in METRICS) + " |")
+    for mode, label in (("answer", "answer-only"), ("cot", "CoT"), ("mixed", "mixed (deployable)"),
+                        ("mixed-oracle", "mixed-oracle (UPPER BOUND, uses GT)")):
+        rows.append(f"| {best} + hybrid CoT, {label} | "
+                    + " | ".join(mean_std([metric_key(r[mode], m) for r in cot_runs]) for m in METRICS) + " |")
+
+    # curves: reward and top-1 on-policy IoU per step, mean over seeds, smoothed over 5 steps
+    for key, name in (("reward/raw", "reward"), ("iou/top1_onpolicy", "top1_iou")):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for s in STRATEGIES:
+            series = [[r.get(key) if r.get(key) is not None else np.nan for r in run] for run in curves[s]]
+            n = min(len(x) for x in series)
+            mean = np.nanmean(np.array([x[:n] for x in series], dtype=float), 0)
+            smooth = np.convolve(mean, np.ones(5) / 5, mode="valid") if n >= 5 else mean
+            ax.plot(np.arange(len(smooth)) + (n - len(smooth) + 1), smooth, label=s)
+        ax.set_xlabel("RL step")
+        ax.set_title(f"{key}, on-policy samples (mean of {size.seeds} seed(s), 5-step moving average)", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
+
+    top1 = v["top1_first_last"]
+    seeds_note = (f"largest seed-to-seed std {v['largest_std']:.1f} mIoU points; "
+                  + ("every gap in the paper's order is larger than that." if v["order_resolved"]
+                     else "some gaps are smaller than that, so that part of the ordering is noise, not evidence.")
+                  if size.seeds > 1 else "one seed, so no spread is measured: read the ordering as anecdote.")
+    lines = [
+        "# TempSamp-R1 in miniature", "",
+        f"{size.n_videos} synthetic videos (20 s, one object on screen for 2-6 s; the query names it). "
+        f"Start model: a tiny Qwen2.5-VL trained with {size.sft_steps} supervised steps. "
+        f"RL: {size.seeds} seed(s) per strategy, {size.rl_steps} steps of {size.queries_per_step} queries x G = "
+        f"{size.num_generations}, identical for every strategy. Evaluation: greedy, {size.eval_queries} held-out queries "
+        f"(videos never seen in training). Wall time {minutes:.1f} min.", "",
+        "## Held-out grounding (percent; mean ± std over seeds)", "", *rows, "",
+        "## Does the paper's claim hold here?", "",
+        f"- Ordering shaping >= anchoring >= scaling >= GRPO, by mean mIoU: **{'holds' if v['order_holds'] else 'does not hold'}**. "
+        f"Observed: {' > '.join(v['observed_order'])}; {seeds_note}",
+        f"- Off-policy guidance beats plain GRPO (every GT-guided strategy above GRPO in mean mIoU): "
+        f"**{'yes' if v['guided_beats_grpo'] else 'no'}**.",
+        "- Top-1 on-policy IoU, first 5 -> last 5 RL steps: "
+        + ", ".join(f"{s} {top1[s][0]:.2f} -> {top1[s][1]:.2f}" for s in STRATEGIES) + ". "
+        f"The paper: above 0.6 with off-policy guidance (**{'yes' if v['guided_top1_above_0.6'] else 'no'}** here) "
+        f"and low without (**{'yes' if v['grpo_top1_below_0.6'] else 'no'}** here: GRPO ends at {top1['grpo'][1]:.2f}).",
+        "- How to read it: the paper's differences between strategies are 0.5-1 point on Charades-STA with a 7B model; a "
+        "miniature with a tiny model, tens of RL steps and a few seeds has seed noise of that size or larger. The robust "
+        "effect to expect is GT-guided versus purely on-policy learning (the toy, `benchmarks/bench_toy.py`, shows the same "
+        "on a task with no video model). The start model is already partly right (a supervised stand-in for the paper's "
+        "instruction-tuned model), so on-policy samples do reach moderate IoU from the start. Nothing was tuned per strategy.",
+        "",
+        "## Set-up", "",
+        *[f"- {k}: `{val}`" for k, val in (setup or {}).items()], "",
+        "Curves: `reward.png`, `top1_iou.png`. Per-run logs (TensorBoard, metrics.jsonl) and evaluations: the work folder.",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"start": start, "runs": runs, "best": best, "cot": cot_runs,
+                                                  "minutes": minutes, "verdict": v, "setup": setup}, indent=1, default=float))
+    return v
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the paper's ablation in miniature on a CPU (synthetic data, tiny model)")
+    p.add_argument("--out", default="demo-out", help="report folder")
+    p.add_argument("--quick", action="store_true", help="a first look in about 3 minutes (1 seed, few steps)")
+    p.add_argument("--work-dir", default=".cache/demo", help="data, models and runs (reused when present)")
+    p.set_defaults(func=lambda args: run_demo(args.out, args.quick, args.work_dir) and 0)
