@@ -249,7 +249,10 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
         "miniature with a tiny model, tens of RL steps and a few seeds has seed noise of that size or larger. The robust "
         "effect to expect is GT-guided versus purely on-policy learning (the toy, `benchmarks/bench_toy.py`, shows the same "
         "on a task with no video model). The start model is already partly right (a supervised stand-in for the paper's "
-        "instruction-tuned model), so on-policy samples do reach moderate IoU from the start. Nothing was tuned per strategy.",
+        "instruction-tuned model), so on-policy samples do reach moderate IoU from the start. Top-1 is the best of "
+        f"{size.num_generations} samples for GRPO and of {size.num_generations - 1} for the others, and for a given seed every "
+        "strategy sees the same queries at the same step, so the curves move together with the queries' difficulty. "
+        "Nothing was tuned per strategy.",
         "",
         "## Set-up", "",
         *[f"- {k}: `{val}`" for k, val in (setup or {}).items()], "",
