@@ -14,27 +14,11 @@ from tempsamp.cli import main
 from tempsamp.data.example import HIGHLIGHTS, Example
 from tempsamp.evaluation import inference
 from tempsamp.evaluation.inference import ORACLE_LABEL, VideoSettings, choose_mixed, choose_oracle, prediction_for
+from video_files import BLUE, write_video
 
 pytestmark = pytest.mark.slow
 
 VIDEO = VideoSettings(min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=56 * 56 * 64)
-
-
-def write_video(path: Path, seconds: float, span: tuple[float, float], fps: int = 4, size: int = 56) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            frame = np.zeros((size, size, 3), np.uint8)
-            if span[0] <= i / fps < span[1]:
-                frame[8:40, 8:40] = (30, 30, 220)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +29,7 @@ def bench(tmp_path_factory):
     # different video lengths and query lengths, so that batched prompts need padding
     queries = ["when is the blue square visible?", "blue square?", "at what time does the blue square appear in the middle of the frame?"]
     for i, (seconds, span) in enumerate([(14.0, (2.0, 6.0)), (10.0, (6.0, 9.0)), (6.0, (1.0, 4.0))]):
-        write_video(root / f"v{i}.mp4", seconds, span)
+        write_video(root / f"v{i}.mp4", seconds, span, colour=BLUE)
         rows.append({"video": f"v{i}.mp4", "duration": seconds, "query": queries[i], "spans": [list(span)]})
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     rows.append({"video": "missing.mp4", "duration": 14.0, "query": "when does the red circle appear?", "spans": [[1.0, 2.0]]})

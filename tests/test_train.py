@@ -18,6 +18,7 @@ from tempsamp.train import loop
 from tempsamp.train.checkpoint import checkpoints, save_checkpoint
 from tempsamp.train.config import load_config
 from tempsamp.train.logger import read_metrics
+from video_files import write_video
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -32,23 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_video(path: Path, seconds: float, colour_span: tuple[float, float], fps: int = 4, size: int = 56) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            frame = np.zeros((size, size, 3), np.uint8)
-            if colour_span[0] <= i / fps < colour_span[1]:
-                frame[8:40, 8:40] = (220, 30, 30)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 @pytest.fixture(scope="module")

@@ -348,40 +348,13 @@ def generate(
     The model is put in eval mode for sampling (no dropout) and restored after. Seed torch's
     global RNG before the call for reproducible samples.
     """
-    from transformers import GenerationConfig
-
     if num_samples < 1:
         raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
     if not do_sample and num_samples > 1:
         raise ValueError("generate: greedy decoding (do_sample=False) gives one completion; set num_samples=1")
-    stops = stop_token_ids(processor)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        num_return_sequences=num_samples,
-        eos_token_id=stops,
-        pad_token_id=pad_token_id(processor),
-        # Explicit, so the checkpoint's generation_config cannot change the sampled distribution.
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=0 if do_sample else None,
-        repetition_penalty=1.0,
-        # A sampled image/video placeholder token would be taken for a missing frame in every
-        # later forward ("features and tokens do not match"); a trained model never emits them,
-        # a random or drifting one can.
-        suppress_tokens=placeholder_token_ids(model) or None,
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            sequences = model.generate(**prompt_inputs, generation_config=config)
-    finally:
-        model.train(was_training)
-    new_tokens = sequences[:, prompt_length(prompt_inputs) :].tolist()
-    ids = [trim_at_stop(row, stops) for row in new_tokens]
-    texts = _tokenizer(processor).batch_decode(ids, skip_special_tokens=True)
-    return Completions(ids, texts)
+    config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
+    return _run_generate(model, processor, prompt_inputs, config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,30 +635,45 @@ def generate_batch(
     placeholder tokens suppressed); rows that stop early are padded by transformers and trimmed
     at their stop token here.
     """
-    from transformers import GenerationConfig
-
     if batch_inputs["attention_mask"][:, -1].eq(0).any():
         raise ValueError("generate_batch: the prompts must be LEFT-padded (build_prompt_batch does this)")
-    stops = stop_token_ids(processor)
-    config = GenerationConfig(
+    config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                temperature=temperature, top_p=top_p)
+    return _run_generate(model, processor, batch_inputs, config)
+
+
+def _generation_config(model, processor, *, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                       num_return_sequences: int = 1):
+    """The one set of generation settings both ``generate`` and ``generate_batch`` use."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        eos_token_id=stops,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=stop_token_ids(processor),
         pad_token_id=pad_token_id(processor),
+        # Explicit, so the checkpoint's generation_config cannot change the sampled distribution.
         temperature=temperature if do_sample else None,
         top_p=top_p if do_sample else None,
         top_k=0 if do_sample else None,
         repetition_penalty=1.0,
+        # A sampled image/video placeholder token would be taken for a missing frame in every
+        # later forward ("features and tokens do not match"); a trained model never emits them,
+        # a random or drifting one can.
         suppress_tokens=placeholder_token_ids(model) or None,
     )
+
+
+def _run_generate(model, processor, inputs: Mapping[str, torch.Tensor], config) -> Completions:
+    """model.generate in eval mode without gradients, the new tokens trimmed at the stop token."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            sequences = model.generate(**batch_inputs, generation_config=config)
+            sequences = model.generate(**inputs, generation_config=config)
     finally:
         model.train(was_training)
-    new_tokens = sequences[:, prompt_length(batch_inputs) :].tolist()
-    ids = [trim_at_stop(row, stops) for row in new_tokens]
-    texts = _tokenizer(processor).batch_decode(ids, skip_special_tokens=True)
-    return Completions(ids, texts)
+    stops = stop_token_ids(processor)
+    ids = [trim_at_stop(row, stops) for row in sequences[:, prompt_length(inputs) :].tolist()]
+    return Completions(ids, _tokenizer(processor).batch_decode(ids, skip_special_tokens=True))
