@@ -11,6 +11,7 @@ learning rate and seeds, and the report states whether the paper's ordering hold
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -59,6 +60,12 @@ SYNTH_KNOBS = {"objects": 1, "kinds": ["appear"], "queries_per_video": 1, "distr
 PREBUILT_START_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo-start-model"
 # One pixel budget for every stage: 56x56 per frame = 4 video tokens per 1-s grid slice.
 FRAME_PIXELS = 56 * 56
+
+
+def settings_digest(cfg) -> str:
+    """A run folder per setting: a finished run is reused only when nothing in its settings changed."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def log(msg: str) -> None:
@@ -119,9 +126,9 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
         f"({size.queries_per_step} queries x G = {size.num_generations} per step)")
     for seed in range(size.seeds):
         for strategy in STRATEGIES:
-            run_dir = work / f"runs-{size_name}" / f"{strategy}-seed{seed}"
-            cfg = replace(base, strategy=strategy, seed=seed, output_dir=str(run_dir),
-                          stages=[{"mode": "answer", "steps": size.rl_steps}]).validate()
+            cfg = replace(base, strategy=strategy, seed=seed, stages=[{"mode": "answer", "steps": size.rl_steps}])
+            run_dir = work / f"runs-{size_name}" / f"{strategy}-seed{seed}-{settings_digest(cfg)}"
+            cfg = replace(cfg, output_dir=str(run_dir)).validate()
             train(cfg, resume=True)
             model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"
             metrics = evaluate(str(model_dir), test, run_dir / "eval", ("answer",), **eval_kwargs)["answer"]
@@ -136,9 +143,10 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
     log(f"4/5 hybrid CoT on the best off-policy strategy ({best}): {size.rl_steps} answer + {size.cot_steps} CoT steps")
     cot_runs = []
     for seed in range(size.seeds):
-        run_dir = work / f"runs-{size_name}" / f"{best}-cot-seed{seed}"
-        cfg = replace(base, strategy=best, seed=seed, output_dir=str(run_dir), max_new_tokens=size.cot_max_new_tokens,
-                      stages=[{"mode": "answer", "steps": size.rl_steps}, {"mode": "cot", "steps": size.cot_steps}]).validate()
+        cfg = replace(base, strategy=best, seed=seed, max_new_tokens=size.cot_max_new_tokens,
+                      stages=[{"mode": "answer", "steps": size.rl_steps}, {"mode": "cot", "steps": size.cot_steps}])
+        run_dir = work / f"runs-{size_name}" / f"{best}-cot-seed{seed}-{settings_digest(cfg)}"
+        cfg = replace(cfg, output_dir=str(run_dir)).validate()
         train(cfg, resume=True)
         model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"
         cot_runs.append(evaluate(str(model_dir), test, run_dir / "eval", ("answer", "cot", "mixed", "mixed-oracle"),

@@ -375,3 +375,14 @@ def test_highlights_train_with_the_timestamp_reward_mixed_with_grounding(tiny_sm
     (example,) = load_examples(tmp_path / "qvh.jsonl", videos=str(data_dir))
     gt_reward = score_group(example, [highlight_gt, "<answer> 0.0 to 1.0 (score 4) </answer>"], False).task
     assert gt_reward[0] > 0.9 and gt_reward[1] < 0.5  # the timestamp reward, not IoU, and the GT earns it
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    cfg = load_config("tiny_cpu", [f"output_dir={tmp_path}"])
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text(json.dumps({"step": 1, "config": json.loads(json.dumps(cfg.to_dict()))}))
+    loop.check_resume_config(checkpoint, cfg)  # same settings: fine
+    loop.check_resume_config(checkpoint, load_config("tiny_cpu", [f"output_dir={tmp_path}", "save_every=7"]))
+    with pytest.raises(ValueError, match="learning_rate"):
+        loop.check_resume_config(checkpoint, load_config("tiny_cpu", [f"output_dir={tmp_path}", "learning_rate=0.5"]))

@@ -365,6 +365,25 @@ def peak_memory_gb() -> float:
 # ---------------------------------------------------------------- the recipe
 
 
+# Settings a resumed run may change: they decide what is written, not what is computed.
+RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every")
+
+
+def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run under other settings: it would silently mix two experiments."""
+    import json
+
+    saved = json.loads((Path(checkpoint) / "state.json").read_text()).get("config")
+    if saved is None:
+        return  # written before configs were stored
+    current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+    changed = sorted(k for k in set(saved) | set(current) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+        raise ValueError(f"--resume: {checkpoint} was written with other settings ({details}). "
+                         "Resume with the same settings, or use a new output_dir.")
+
+
 def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
     """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests)."""
     from accelerate import Accelerator
@@ -413,6 +432,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         raise NotImplementedError(f"--resume under {accelerator.distributed_type.value}: the optimizer state is sharded and "
                                   "checkpoints do not hold it yet (resume works on one process and under DDP)")
     if checkpoint is not None:
+        check_resume_config(checkpoint, cfg)
         state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), optimizer)
         start = state["step"]
         counters = Counters(**state["counters"])
