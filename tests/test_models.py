@@ -439,8 +439,16 @@ def test_generate_returns_num_samples_and_is_reproducible_with_a_seed(policy, pr
     assert len(first.ids) == len(first.texts) == 4
     assert first == again
     assert first.ids != other.ids
+    # the same draw straight from transformers: each row is its new tokens cut after the first stop
+    torch.manual_seed(0)
+    config = qwen_vl._generation_config(model, processor, max_new_tokens=12, do_sample=True, temperature=1.0,
+                                        top_p=1.0, num_return_sequences=4)
+    with torch.no_grad():
+        raw = model.generate(**prompt, generation_config=config)[:, qwen_vl.prompt_length(prompt):].tolist()
+    for ids, row in zip(first.ids, raw):
+        cut = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        assert ids == row[:cut]
     for ids, text in zip(first.ids, first.texts):
-        assert 1 <= len(ids) <= 12
         assert ids[-1] in stops or len(ids) == 12
         assert not any(token in stops for token in ids[:-1])
         assert text == processor.tokenizer.decode(ids, skip_special_tokens=True)
