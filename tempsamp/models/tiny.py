@@ -22,6 +22,11 @@ Vocabulary (``vocab``):
 Model families (``family``): ``"qwen2_5_vl"`` is the one the project targets; ``"qwen2_vl"`` and
 ``"qwen3_vl"`` exist so the adapter's family dispatch is tested on real classes.
 
+vLLM (``VLLM_SPEC``, the model name ``tiny-vllm``): vLLM's CPU attention supports head sizes 32,
+64, 80, ... only, and the default model's is 16. ``VLLM_SPEC`` is the same model with 2 heads / 1
+KV head at hidden 64 (head_dim 32, ``mrope_section`` (4, 6, 6)); it runs on both engines. The
+default stays as it is (the demo and the other tests use it).
+
 Use ``ensure_tiny_model()`` to get a cached copy (built once per parameter set), or
 ``build_tiny_model(out_dir)`` / ``scripts/build_tiny_model.py`` to build one explicitly.
 """
@@ -146,6 +151,13 @@ class TinySpec:
 
         payload = {"builder": BUILDER_VERSION, "transformers": transformers.__version__, **asdict(self)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The vLLM-compatible variant (see the module docstring): head_dim 32 instead of 16.
+VLLM_SPEC = TinySpec(num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6))
+
+# Model names that stand for a tiny model (``model: tiny`` in a recipe, ``--model tiny``).
+NAMED_SPECS = {"tiny": TinySpec(), "tiny-vllm": VLLM_SPEC}
 
 
 # --------------------------------------------------------------------------------------------

