@@ -237,7 +237,7 @@ def run(*args, timeout=900):
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    run("data", "synth", "--out", str(root), "--n", "3", "--duration", "8", "--seed", "3")
+    run("data", "synth", "--out", str(root), "--n", "4", "--seed", "3")
     return root
 
 
