@@ -117,6 +117,21 @@ def tempsamp_train(args: list[str], *, num_processes: int = 2, popen: bool = Fal
     return done
 
 
+def kill_tree(run: subprocess.Popen) -> None:
+    """SIGKILL a launcher and every process under it (torchrun's workers need not share its group)."""
+    import psutil
+
+    parent = psutil.Process(run.pid)
+    processes = [parent, *parent.children(recursive=True)]
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=30)
+    run.wait()
+
+
 def assert_ran_as(run: Path, stdout: str, mode: str, world: int = 2) -> None:
     """What ran, read off the wrapped models (layout.json): world size, engine and who holds what.
 
@@ -181,7 +196,6 @@ def test_two_gloo_processes_train_like_one(mode, one_process, tiny_small_vocab_m
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fsdp", "zero3"])
 def test_sharded_run_killed_mid_run_resumes_to_the_uninterrupted_result(mode, tiny_small_vocab_model_dir, data_dir, tmp_path):
-    import signal
     import time
 
     args = overrides(tiny_small_vocab_model_dir, data_dir, tmp_path / "full") + [f"distributed={mode}"]
@@ -192,8 +206,7 @@ def test_sharded_run_killed_mid_run_resumes_to_the_uninterrupted_result(mode, ti
     deadline = time.time() + 600
     while not (out / "checkpoint-1" / "state.json").exists() and run.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    os.killpg(run.pid, signal.SIGKILL)  # torchrun and both trainers, mid-run
-    run.wait()
+    kill_tree(run)  # torchrun and both trainers, mid-run
     assert not (out / "final-model").exists(), "the run finished before it was killed: nothing was tested"
     done = tempsamp_train(args + ["--resume"])
     resumed_at = int(done.stdout.split("resumed from")[1].split("at step")[1].split()[0])

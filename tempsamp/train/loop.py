@@ -416,7 +416,6 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
         # What actually ran, read off the wrapped model on every process (tests check it).
         (out / "layout.json").write_text(json.dumps(layout, indent=1))
-        logger.event(start, "layout", json.dumps(layout[0]))
 
     def load_frames(example):
         return sample_frames(
