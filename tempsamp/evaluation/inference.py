@@ -45,12 +45,14 @@ class VideoSettings:
     max_pixels: int = 256 * 28 * 28
     total_pixels: int = 3584 * 28 * 28
     cache_dir: str | None = None
+    frame_sampling: str = "exact"  # exact (frames at k / fps s) | qwen (qwen-vl-utils' count, indices, sizes)
 
     def load(self, path):
         from tempsamp.video.cache import sample_frames
 
         return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
-                             max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir)
+                             max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir,
+                             frame_sampling=self.frame_sampling)
 
 
 def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
@@ -336,6 +338,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
         results[mode] = metrics
     setup = {"model": str(model_path), "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
              "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
+             "frame_sampling": video.frame_sampling,
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,
              "prompt_answer": prompt_text("{query}", ANSWER, duration=0.0, task=task),
