@@ -320,6 +320,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress)
     seconds = time.perf_counter() - t0
 
+    write_queries(out_dir / "queries.jsonl", examples)
     task = examples[0].task if examples else "grounding"
     results = {}
     for mode in modes:
@@ -345,6 +346,13 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
              "prompt_cot": prompt_text("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))
     return results
+
+
+def write_queries(path: Path, examples: list[Example]) -> None:
+    """The queries an eval folder was made on (ground truth, video paths), so `tempsamp view` needs nothing else."""
+    path.write_text("".join(json.dumps({"qid": ex.qid, "vid": ex.video_id, "video_path": ex.video_path,
+                                        "duration": ex.duration, "query": ex.query, "spans": [list(s) for s in ex.spans],
+                                        "task": ex.task}) + "\n" for ex in examples))
 
 
 def score_predictions(task: str, lines: list[dict], examples: list[Example]) -> dict:
