@@ -112,3 +112,19 @@ def test_config_and_cli_carry_the_option():
     settings = _video_settings(args)
     assert (settings.frame_sampling, settings.max_frames) == ("qwen", 768)
     assert _video_settings(build_parser().parse_args(["predict", "--model", "m", "v.mp4", "q"])).max_frames == 256
+
+
+def test_resume_reads_a_config_saved_before_the_option_as_its_default(tmp_path):
+    import json
+
+    from tempsamp.train import loop
+    from tempsamp.train.config import load_config
+
+    cfg = load_config("tiny_cpu", [f"output_dir={tmp_path}"])
+    saved = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k != "frame_sampling"}
+    (tmp_path / "checkpoint-1").mkdir()
+    (tmp_path / "checkpoint-1" / "state.json").write_text(json.dumps({"step": 1, "config": saved}))
+    loop.check_resume_config(tmp_path / "checkpoint-1", cfg)  # written with the default: fine
+    with pytest.raises(ValueError, match="frame_sampling"):
+        loop.check_resume_config(tmp_path / "checkpoint-1", load_config("tiny_cpu", [f"output_dir={tmp_path}",
+                                                                                     "frame_sampling=qwen"]))
