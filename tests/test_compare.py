@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,21 @@ def test_cli_grounding_with_seeds_per_side(tmp_path, capsys):
     assert "R1@0.7" in io.out and "95% interval" in io.out
     code, io = _cli(["compare", a[0], str(tmp_path / "none*.jsonl"), "--gt", str(gt)], capsys)
     assert code == 2 and "no file matches" in io.err
+    code, io = _cli(["compare", a[0], b[0]], capsys)  # no --gt and no queries.jsonl beside the files
+    assert code == 2 and "--gt is needed" in io.err
+
+
+def test_cli_reads_the_ground_truth_of_an_eval_folder(tmp_path, capsys):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    queries = [{"qid": f"x#{i}", "vid": "x", "video_path": None, "duration": 10.0, "query": "q", "spans": [[0, 4]],
+                "task": "grounding"} for i in range(4)]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    for name, span in (("a.jsonl", [0, 2]), ("b.jsonl", [0, 4])):
+        (folder / name).write_text("".join(json.dumps({"qid": q["qid"], "pred_span": span}) + "\n" for q in queries))
+    code, io = _cli(["compare", str(folder / "a.jsonl"), str(folder / "b.jsonl"), "--n-boot", "500"], capsys)
+    assert code == 0, io.err
+    assert re.search(r"mIoU\s+50\.00\s+100\.00\s+\+50\.00", io.out)
 
 
 def _gt(qid, windows, clips, saliency, duration=20):

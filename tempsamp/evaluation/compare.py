@@ -138,6 +138,24 @@ def compare(files_a: list, files_b: list, gt_path=None, *, task: str | None = No
             "convention": convention if task == "grounding" else "official QVHighlights", "metrics": results}
 
 
+def examples_from_queries(path) -> list:
+    """The Examples of an eval folder's queries.jsonl (written by `tempsamp eval`), with their own qids."""
+    from tempsamp.data.example import Example
+    from tempsamp.evaluation.score_cli import read_jsonl
+
+    rows, sources = read_jsonl(path)
+    out = []
+    for row, where in zip(rows, sources):
+        try:
+            out.append(Example(qid=str(row["qid"]), video_id=str(row["vid"]), video_path=row.get("video_path"),
+                               duration=float(row["duration"]), query=row.get("query", ""),
+                               spans=tuple(tuple(float(v) for v in span) for span in row["spans"]),
+                               task=row.get("task", "grounding"), source=where))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: not a queries.jsonl line ({err})") from None
+    return out
+
+
 def detect_task(pred_path) -> str:
     from tempsamp.evaluation.score_cli import read_jsonl
 
@@ -174,8 +192,17 @@ def _expand(side: str) -> list[str]:
 def run(args) -> int:
     try:
         files_a, files_b = _expand(args.a), _expand(args.b)
+        examples = None
+        if args.gt is None:  # the ground truth the eval folder was made on
+            queries = Path(files_a[0]).parent / "queries.jsonl"
+            if not queries.is_file():
+                raise ValueError(f"--gt is needed: {queries} does not exist (not written by `tempsamp eval`)")
+            if (args.task or detect_task(files_a[0])) == "qvhighlights":
+                raise ValueError("QVHighlights: pass the official ground truth with --gt")
+            examples = examples_from_queries(queries)
         result = compare(files_a, files_b, args.gt, task=args.task, dataset=args.dataset, durations=args.durations,
-                         convention=args.convention, allow_missing=args.allow_missing, n_boot=args.n_boot, seed=args.seed)
+                         convention=args.convention, allow_missing=args.allow_missing, n_boot=args.n_boot, seed=args.seed,
+                         examples=examples)
     except (ValueError, FileNotFoundError) as err:
         print(f"tempsamp compare: {err}", file=sys.stderr)
         return 2
@@ -192,7 +219,8 @@ def register(sub) -> None:
     p = sub.add_parser("compare", help="B - A per metric with a paired bootstrap 95%% interval and p-value")
     p.add_argument("a", help="predictions of A: a file, or several (seeds) comma-separated or as a quoted glob")
     p.add_argument("b", help="predictions of B, the same way")
-    p.add_argument("--gt", required=True, help="annotation file both were made on")
+    p.add_argument("--gt", default=None,
+                   help="annotation file both were made on (default: queries.jsonl beside A's first file, as `tempsamp eval` writes it)")
     p.add_argument("--task", choices=["grounding", "qvhighlights"], default=None, help="default: from the prediction lines")
     p.add_argument("--dataset", default=None, help="grounding: charades | activitynet | jsonl (default: detect)")
     p.add_argument("--durations", default=None, help="Charades-STA text: the CSV with video lengths")

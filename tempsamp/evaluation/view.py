@@ -267,7 +267,9 @@ function card(q, thr) {
   box.appendChild(gtRow);
   q.rows.forEach(function (r, c) {
     var row = el("div", "row");
-    row.appendChild(el("div", "lab", DATA.columns[c]));
+    var lab = el("div", "lab", DATA.columns[c]);
+    lab.title = DATA.columns[c];
+    row.appendChild(lab);
     row.appendChild(bar(r.span, q.duration, "pred" + (r.iou < thr ? " bad" : "")));
     var iou = el("div", "iou", r.status === "ok" ? "IoU " + r.iou.toFixed(2) : "");
     if (r.status !== "ok") { iou.appendChild(el("span", "status", r.status)); }
