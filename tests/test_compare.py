@@ -136,3 +136,10 @@ def test_qvhighlights_sample_file_against_itself(tmp_path, capsys):
     code, io = _cli(["compare", str(sample), str(sample), "--gt", str(QVH / "highlight_val_release.jsonl"),
                      "--n-boot", "500"], capsys)
     assert code == 0 and "MR-full-mAP" in io.out and "+0.00" in io.out
+
+
+def test_several_metrics_share_one_set_of_replicates():
+    rng = np.random.default_rng(7)
+    a, b = rng.uniform(0, 100, (3, 2, 60)), rng.uniform(0, 100, (3, 3, 60))  # 3 metrics, 2 vs 3 seeds
+    together = paired_bootstrap(a, b, n_boot=1500, seed=9)
+    assert [paired_bootstrap(a[m], b[m], n_boot=1500, seed=9) for m in range(3)] == together

@@ -68,35 +68,44 @@ def qvhighlights_per_query(pred_path, gt_path, *, allow_missing=False) -> PerQue
                     {k: 100.0 * v[scored] for k, v in values.items()})
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int = 10000, seed: int = 0) -> dict:
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int = 10000, seed: int = 0):
     """Difference of means B - A with a paired (over queries) bootstrap, seeds resampled per side.
 
-    a: [seeds_a, N], b: [seeds_b, N] per-query values on the same N queries (columns paired).
-    Returns {"a", "b", "diff", "ci95": [lo, hi], "p", "significant"}.
+    a: [seeds_a, N], b: [seeds_b, N] per-query values on the same N queries (columns paired); or
+    [M, seeds, N] for M metrics at once (one set of replicates shared by all metrics).
+    Returns {"a", "b", "diff", "ci95": [lo, hi], "p", "significant"} (a list of M for 3-d input).
     """
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
-        raise ValueError(f"paired bootstrap needs the same queries on both sides, got {a.shape[1]} and {b.shape[1]}")
-    n = a.shape[1]
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    several = a.ndim == 3
+    a, b = (a, b) if several else (np.atleast_2d(a)[None], np.atleast_2d(b)[None])
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2] or a.shape[2] == 0:
+        raise ValueError(f"paired bootstrap needs the same queries on both sides, got {a.shape[2]} and {b.shape[2]}")
+    n_metrics, seeds_a, n = a.shape
+    seeds_b = b.shape[1]
     rng = np.random.default_rng(seed)
-    observed = float(b.mean() - a.mean())
-    diffs = np.empty(n_boot)
-    chunk = max(1, min(n_boot, 2_000_000 // n))
+    diffs = np.empty((n_metrics, n_boot))
+    chunk = max(1, min(n_boot, 4_000_000 // n))
+    rows_a, rows_b = a.reshape(-1, n), b.reshape(-1, n)
     done = 0
     while done < n_boot:
         k = min(chunk, n_boot - done)
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(float)  # [k, N] query draws, shared by A and B
-        means_a = a @ counts.T / n  # [seeds_a, k]
-        means_b = b @ counts.T / n
-        pick_a = rng.integers(0, a.shape[0], size=(k, a.shape[0]))  # seeds drawn per side
-        pick_b = rng.integers(0, b.shape[0], size=(k, b.shape[0]))
+        draws = rng.integers(0, n, size=(k, n))  # the queries of k replicates, shared by A and B
+        counts = np.bincount((draws + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
+        means_a = (rows_a @ counts.T / n).reshape(n_metrics, seeds_a, k)
+        means_b = (rows_b @ counts.T / n).reshape(n_metrics, seeds_b, k)
+        pick_a = rng.integers(0, seeds_a, size=(k, seeds_a))  # seeds drawn per side
+        pick_b = rng.integers(0, seeds_b, size=(k, seeds_b))
         cols = np.arange(k)[:, None]
-        diffs[done:done + k] = means_b[pick_b, cols].mean(axis=1) - means_a[pick_a, cols].mean(axis=1)
+        diffs[:, done:done + k] = means_b[:, pick_b, cols].mean(axis=2) - means_a[:, pick_a, cols].mean(axis=2)
         done += k
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    p = (1 + int(np.sum(np.abs(diffs - observed) >= abs(observed) - 1e-12))) / (n_boot + 1)
-    return {"a": float(a.mean()), "b": float(b.mean()), "diff": observed, "ci95": [float(lo), float(hi)],
-            "p": float(min(1.0, p)), "significant": bool(lo > 0 or hi < 0)}
+    out = []
+    for m in range(n_metrics):
+        observed = float(b[m].mean() - a[m].mean())
+        lo, hi = np.percentile(diffs[m], [2.5, 97.5])
+        p = (1 + int(np.sum(np.abs(diffs[m] - observed) >= abs(observed) - 1e-12))) / (n_boot + 1)
+        out.append({"a": float(a[m].mean()), "b": float(b[m].mean()), "diff": observed, "ci95": [float(lo), float(hi)],
+                    "p": float(min(1.0, p)), "significant": bool(lo > 0 or hi < 0)})
+    return out if several else out[0]
 
 
 def compare(files_a: list, files_b: list, gt_path=None, *, task: str | None = None, dataset=None, durations=None,
@@ -126,11 +135,10 @@ def compare(files_a: list, files_b: list, gt_path=None, *, task: str | None = No
         return np.array(rows)
 
     side_a, side_b = per_file[: len(files_a)], per_file[len(files_a):]
-    results = {}
-    for metric in metrics:
-        if metric not in side_a[0].values:
-            continue
-        results[metric] = paired_bootstrap(matrix(side_a, metric), matrix(side_b, metric), n_boot=n_boot, seed=seed)
+    present = [m for m in metrics if m in side_a[0].values]
+    stats = paired_bootstrap(np.stack([matrix(side_a, m) for m in present]), np.stack([matrix(side_b, m) for m in present]),
+                             n_boot=n_boot, seed=seed)
+    results = dict(zip(present, stats))
     return {"task": task, "a": [str(f) for f in files_a], "b": [str(f) for f in files_b], "n_queries": len(order),
             "n_left_out": max(len(p.qids) for p in per_file) - len(order), "seeds": [len(files_a), len(files_b)],
             "bootstrap": {"replicates": n_boot, "seed": seed,
