@@ -131,3 +131,12 @@ def test_screenshot_is_not_blank(eval_folders, tmp_path):
     empty_shot = tmp_path / "blank.png"
     _chromium("--window-size=1200,1400", f"--screenshot={empty_shot}", blank.as_uri())
     assert empty_shot.is_file() and not _looks_rendered(empty_shot)  # the check fails on a blank page
+
+
+def test_rows_of_highlight_predictions_use_the_top_window():
+    from tempsamp.evaluation.view import _row
+
+    row = _row({"qid": 1, "pred_relevant_windows": [[20, 30, 0.4], [0, 10, 0.9]]}, [[0, 10], [20, 30]])
+    assert (row["status"], row["span"], row["iou"]) == ("ok", [20, 30], 1.0)  # first listed, best GT window
+    assert _row({"qid": 1, "pred_relevant_windows": []}, [[0, 10]])["status"] == "unparsed"
+    assert _row(None, [[0, 10]])["status"] == "missing"
