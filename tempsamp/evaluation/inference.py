@@ -366,7 +366,11 @@ def score_predictions(task: str, lines: list[dict], examples: list[Example]) -> 
 
     pred = np.array([line["pred_span"] if line["pred_span"] else [np.nan, np.nan] for line in lines], dtype=float).reshape(-1, 2)
     gt = np.array([ex.span for ex in examples], dtype=float).reshape(-1, 2)
-    return grounding_metrics(pred, gt)
+    metrics = grounding_metrics(pred, gt)
+    # peers' conventions: `tempsamp score grounding --convention timezero|vtimellm` on predictions_<mode>.jsonl
+    metrics["convention"] = ("tempsamp (docs/evaluation.md): IoU >= m; unparsable answers and unreadable videos "
+                             "are IoU 0 in the denominator")
+    return metrics
 
 
 def _qvh_gt(ex: Example) -> dict:
