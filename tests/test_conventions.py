@@ -144,3 +144,11 @@ def test_peer_conventions_need_raw_answers_and_refuse_project_switches(tmp_path,
     assert code == 2 and "belong to the tempsamp convention" in err
     code, m = _cli(["score", "grounding", *args], capsys)
     assert m["mIoU"] == 100.0 and m["convention"]["name"] == "tempsamp"
+
+
+def test_project_convention_can_drop_missing_queries_and_keep_its_switches(tmp_path, capsys):
+    args = _four_kinds(tmp_path)
+    code, m = _cli(["score", "grounding", *args, "--missing", "drop", "--round-iou", "2"], capsys)
+    assert code == 0, m
+    assert (m["R1@0.3"], m["n"], m["n_dropped"]) == (50.0, 2, 2)
+    assert m["convention"]["name"] == "tempsamp+missing=drop" and m["convention"]["iou_decimals"] == 2

@@ -50,6 +50,11 @@ class Convention:
     missing: str  # refuse | miss | drop
     source: str  # where the rules were read
 
+    @property
+    def base(self) -> str:
+        """The named convention this one starts from ("vtimellm" for "vtimellm+parser=tempsamp")."""
+        return self.name.split("+")[0]
+
     def describe(self) -> dict:
         return {"name": self.name, "parser": self.parser,
                 "iou": {"exact": "exact", "round2-relative": "Python round(iou, 2) on spans / duration"}[self.iou],

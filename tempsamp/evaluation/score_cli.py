@@ -131,7 +131,8 @@ def grounding_queries(pred_path, gt_path, dataset: str | None = None, *, duratio
     from tempsamp.evaluation.grounding import grounding_ious
 
     conv = convention if isinstance(convention, Convention) else get_convention(convention, parser=parser, missing=missing)
-    if conv.name != "tempsamp" and (clip_gt or iou_decimals is not None):
+    project = conv.base == "tempsamp"  # the project's convention (possibly with its parser or missing rule swapped)
+    if not project and (clip_gt or iou_decimals is not None):
         raise ValueError(f"--clip-gt / --round-iou belong to the tempsamp convention; {conv.name} fixes its own")
     if examples is None:
         examples = load_examples(gt_path, dataset, durations=durations)
@@ -151,13 +152,16 @@ def grounding_queries(pred_path, gt_path, dataset: str | None = None, *, duratio
     for i, ex in enumerate(examples):
         pred = predictions.get(str(ex.qid))
         if pred is None:
-            status.append("missing"), answers.append(None), raw.append(None)
+            status.append("missing")
+            answers.append(None)
+            raw.append(None)
             continue
         if pred["vid"] is not None and str(pred["vid"]) != str(ex.video_id):
             raise ValueError(f"{pred['where']}: field 'vid': {pred['vid']!r}, but query {ex.qid!r} is about video {ex.video_id!r}")
         answers.append(pred["answer"])
         if pred["failed"]:
-            status.append("failed"), raw.append(None)
+            status.append("failed")
+            raw.append(None)
             continue
         if conv.parser != "tempsamp" and not pred["has_answer_key"]:
             raise ValueError(f"{pred['where']}: field 'answer': missing; the {conv.parser} parser reads the raw answer")
@@ -170,7 +174,7 @@ def grounding_queries(pred_path, gt_path, dataset: str | None = None, *, duratio
             spans[i] = (span[0] * scale, span[1] * scale)
 
     gt = np.array([ex.span for ex in examples], dtype=np.float64)
-    if conv.name == "tempsamp" or conv.name.startswith("tempsamp+"):
+    if project:
         iou = grounding_ious(spans, gt, durations=[ex.duration for ex in examples], clip_gt=clip_gt,
                              iou_decimals=iou_decimals)
     else:
@@ -203,7 +207,7 @@ def score_grounding(pred_path, gt_path, dataset: str | None = None, *, durations
     metrics["n_unparsed"] = counts["unparsed"]
     metrics["n_dropped"] = int((~q.kept).sum())
     description = q.convention.describe()
-    if q.convention.name == "tempsamp" or q.convention.name.startswith("tempsamp+"):
+    if q.convention.base == "tempsamp":
         description.update(threshold="iou > m" if strict else "iou >= m", clip_gt=clip_gt, iou_decimals=iou_decimals)
     metrics["convention"] = description
     metrics["counts"] = (f"{metrics['n']} of {len(q.examples)} queries in the denominator; "
