@@ -144,6 +144,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
     best = max(STRATEGIES[1:], key=lambda s: means[s])
     log(f"4/5 hybrid CoT on the best off-policy strategy ({best}): {size.rl_steps} answer + {size.cot_steps} CoT steps")
     cot_runs = []
+    hybrid: dict[str, list[Path]] = {m: [] for m in HYBRID_MODES}  # the hybrid runs' predictions per mode
     for seed in range(size.seeds):
         cfg = replace(base, strategy=best, seed=seed, max_new_tokens=size.cot_max_new_tokens,
                       stages=[{"mode": "answer", "steps": size.rl_steps}, {"mode": "cot", "steps": size.cot_steps}])
@@ -153,6 +154,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
         model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"
         cot_runs.append(evaluate(str(model_dir), test, run_dir / "eval", ("answer", "cot", "mixed", "mixed-oracle"),
                                  **dict(eval_kwargs, max_new_tokens=size.cot_max_new_tokens)))
+        for mode in HYBRID_MODES:
+            hybrid[mode].append(run_dir / "eval" / f"predictions_{mode}.jsonl")
         log(f"   seed {seed}: " + "  ".join(f"{m} mIoU {metric_key(cot_runs[-1][m], 'mIoU'):.1f}" for m in cot_runs[-1]))
 
     log("5/5 report")
@@ -161,7 +164,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
              "RL learning rate": RL_LEARNING_RATE, "beta (KL)": base.beta, "temperature": base.temperature,
              "start model": str(start), "work folder": str(work)}
     write_report(out, size, start_metrics, runs, curves, best, cot_runs, minutes, setup,
-                 significance=strategy_significance(predictions, test))
+                 significance=strategy_significance(predictions, test, hybrid=hybrid))
     log(f"done in {minutes:.1f} min: {out / 'report.md'}")
     return out
 
@@ -184,16 +187,24 @@ SIGNIFICANCE_PAIRS = (("shaping", "anchor"), ("anchor", "reward_scaling"), ("rew
                       ("anchor", "grpo"), ("shaping", "grpo"))
 
 
-def strategy_significance(predictions: dict, examples: list, n_boot: int = 10000) -> list[dict]:
-    """``tempsamp compare`` on each pair of SIGNIFICANCE_PAIRS: (higher) - (lower) per metric, with a
-    paired bootstrap over the held-out queries and the seeds (tempsamp.evaluation.compare)."""
+# The hybrid CoT model's deployable modes against its answer-only mode (the paper's mixed > answer).
+HYBRID_MODES = ("answer", "cot", "mixed")
+HYBRID_PAIRS = (("cot", "answer"), ("mixed", "answer"))
+
+
+def strategy_significance(predictions: dict, examples: list, n_boot: int = 10000, hybrid: dict | None = None) -> list[dict]:
+    """``tempsamp compare`` on each pair of SIGNIFICANCE_PAIRS (and, given the hybrid runs' files per
+    mode, HYBRID_PAIRS): (first) - (second) per metric, with a paired bootstrap over the held-out
+    queries and the seeds (tempsamp.evaluation.compare)."""
     from tempsamp.evaluation.compare import compare
 
+    jobs = [([better, worse], predictions[better], predictions[worse]) for better, worse in SIGNIFICANCE_PAIRS]
+    if hybrid:
+        jobs += [([f"hybrid {a}", f"hybrid {b}"], hybrid[a], hybrid[b]) for a, b in HYBRID_PAIRS]
     out = []
-    for better, worse in SIGNIFICANCE_PAIRS:
-        result = compare(predictions[worse], predictions[better], examples=examples, n_boot=n_boot)
-        out.append({"pair": [better, worse], "n_queries": result["n_queries"], "seeds": result["seeds"],
-                    "metrics": result["metrics"]})
+    for pair, first, second in jobs:
+        result = compare(second, first, examples=examples, n_boot=n_boot)
+        out.append({"pair": pair, "n_queries": result["n_queries"], "seeds": result["seeds"], "metrics": result["metrics"]})
     return out
 
 

@@ -74,7 +74,8 @@ def test_report_states_which_strategy_differences_are_significant(tmp_path):
             path.write_text("".join(json.dumps({"qid": ex.qid, "pred_span": [4, 8] if i < good else [12, 16]}) + "\n"
                                     for i, ex in enumerate(examples)))
             predictions[strategy].append(path)
-    significance = strategy_significance(predictions, examples, n_boot=2000)
+    hybrid = {"answer": predictions["anchor"], "cot": predictions["grpo"], "mixed": predictions["shaping"]}
+    significance = strategy_significance(predictions, examples, n_boot=2000, hybrid=hybrid)
     by_pair = {tuple(e["pair"]): e["metrics"]["mIoU"] for e in significance}
     assert by_pair[("shaping", "anchor")]["diff"] == pytest.approx(100 * 2 / 80)
     assert not by_pair[("shaping", "anchor")]["significant"]
@@ -89,3 +90,4 @@ def test_report_states_which_strategy_differences_are_significant(tmp_path):
     assert "## Which differences are significant?" in report
     assert "| shaping - anchor | +2.5 [" in report and "| reward_scaling - grpo | **+" in report
     assert "not every gap in the paper's order is significant" in report
+    assert "| hybrid cot - hybrid answer | **-" in report and "| hybrid mixed - hybrid answer | +2.5 [" in report
