@@ -132,6 +132,9 @@ class TrainConfig:
 
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"distributed: {self.distributed!r} is not one of {', '.join(DISTRIBUTED)}")
+        if self.rollout_engine == "vllm" and self.distributed not in ("ddp", "zero2"):
+            raise ValueError(f"rollout_engine=vllm with distributed={self.distributed}: pushing sharded weights into "
+                             "vLLM is not supported yet; use distributed=ddp or zero2, or rollout_engine=transformers")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
         return self

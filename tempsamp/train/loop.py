@@ -399,6 +399,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is not None:
         check_resume_config(checkpoint, cfg)
+        saved_world = json.loads((checkpoint / "state.json").read_text()).get("world_size", parallel.world)
+        if parallel.zero and saved_world != parallel.world:
+            raise ValueError(f"--resume: {checkpoint} was written by {saved_world} processes; DeepSpeed's partitioned "
+                             f"optimizer state loads only on the same number (this run has {parallel.world})")
         if parallel.sharded:
             parallel.load_sharded(checkpoint)
             state = load_checkpoint(checkpoint, None, None, rank=parallel.rank)
