@@ -342,6 +342,8 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
     if saved is None:
         return  # written before configs were stored
     current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+    # a key added since the run was written (e.g. frame_sampling) held its default then
+    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
     changed = sorted(k for k in set(saved) | set(current) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k))
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
@@ -421,6 +423,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         return sample_frames(
             example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
+            frame_sampling=cfg.frame_sampling,
         )
 
     def save(done: int) -> None:
