@@ -247,8 +247,8 @@ def test_train_with_the_vllm_rollout_engine(synth, tmp_path):
                  f"output_dir={out}", "num_generations=4", "max_new_tokens=8", "queries_per_step=2", "frame_cache=null",
                  'stages=[{"mode": "answer", "steps": 2}]', "--max-steps", "2")
     assert "rollout engine: vllm" in stdout and "(cpu, float32)" in stdout
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert [e["message"] for e in events if e["kind"] == "rollout_engine"] == [f"vllm {vllm.__version__} (cpu, float32)"]
+    layout = json.loads((out / "layout.json").read_text())  # what ran, recorded by every process
+    assert [p["rollout_engine"] for p in layout] == [f"vllm {vllm.__version__} (cpu, float32)"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["completion/length"] > 0 and r["loss/value"] is not None for r in rows)

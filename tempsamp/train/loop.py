@@ -413,9 +413,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         parallel.print(f"resumed from {checkpoint} at step {start}")
     engine = make_engine(cfg, policy, processor, model_path)
     parallel.print(f"rollout engine: {engine.description}")
+    for entry, description in zip(layout, gather_object([engine.description])):  # what samples, per process
+        entry["rollout_engine"] = description
     logger = RunLogger(out) if parallel.is_main else None
-    if logger:
-        logger.event(start, "rollout_engine", engine.description)
     if parallel.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
