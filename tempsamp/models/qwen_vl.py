@@ -342,16 +342,22 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     do_sample: bool = True,
+    seed: int | None = None,
 ) -> Completions:
     """Sample `num_samples` completions of one prompt (the video is encoded once).
 
     The model is put in eval mode for sampling (no dropout) and restored after. Seed torch's
-    global RNG before the call for reproducible samples.
+    global RNG before the call for reproducible samples, or pass ``seed``: the draws then come from
+    a generator of their own (``SeededSampler``), the same ones ``generate_batch`` makes for this
+    prompt in any batch.
     """
     if num_samples < 1:
         raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
     if not do_sample and num_samples > 1:
         raise ValueError("generate: greedy decoding (do_sample=False) gives one completion; set num_samples=1")
+    if seed is not None:
+        return generate_batch(model, processor, prompt_inputs, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, do_sample=True, num_samples=num_samples, seeds=[seed])
     config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
     return _run_generate(model, processor, prompt_inputs, config)
@@ -628,18 +634,93 @@ def generate_batch(
     temperature: float = 1.0,
     top_p: float = 1.0,
     do_sample: bool = False,
+    num_samples: int = 1,
+    seeds: Sequence[int] | None = None,
 ) -> Completions:
-    """One completion per row of a left-padded ``build_prompt_batch`` result (greedy by default).
+    """``num_samples`` completions per row of a left-padded prompt batch (greedy by default).
 
     The same generation settings as ``generate`` (stop tokens, no checkpoint sampling knobs,
     placeholder tokens suppressed); rows that stop early are padded by transformers and trimmed
-    at their stop token here.
+    at their stop token here. Completions come prompt by prompt: prompt 0's samples, then 1's...
+    seeds: one per prompt (sampling only): each prompt's samples are drawn from its own generator
+    (``SeededSampler``), so they do not depend on which prompts share the batch (up to the
+    floating-point effects of batching on the logits). Without seeds, torch's global RNG.
     """
     if batch_inputs["attention_mask"][:, -1].eq(0).any():
         raise ValueError("generate_batch: the prompts must be LEFT-padded (build_prompt_batch does this)")
+    if num_samples > 1 and not do_sample:
+        raise ValueError("generate_batch: greedy decoding gives one completion per prompt; set num_samples=1")
+    sampler = None
+    if seeds is not None:
+        if not do_sample or len(seeds) != batch_inputs["input_ids"].shape[0]:
+            raise ValueError(f"generate_batch: seeds need do_sample=True and one seed per prompt "
+                             f"({batch_inputs['input_ids'].shape[0]}), got {len(seeds)}")
+        # The sampler applies temperature and top-p itself: transformers runs its own warpers after
+        # a caller's logits processors, so they are switched off (1.0, 1.0).
+        sampler = SeededSampler(seeds, num_samples, temperature=temperature, top_p=top_p)
+        temperature, top_p = 1.0, 1.0
     config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, top_p=top_p)
-    return _run_generate(model, processor, batch_inputs, config)
+                                temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
+    return _run_generate(model, processor, batch_inputs, config, sampler)
+
+
+class SeededSampler:
+    """A logits processor that draws each row's next token from its own prompt's torch.Generator.
+
+    transformers samples every row from torch's one global RNG, so a row's sample depends on the
+    rows drawn before it in the batch. Here row r (prompt r // num_samples) draws from generator
+    ``seeds[r // num_samples]`` with temperature and top-p applied as transformers does (the
+    placeholder suppression and other processors have already run), and the returned logits
+    keep only the drawn token, which transformers' own draw then picks with probability 1.
+    Every prompt's generator advances by num_samples draws per decoding step whatever else is in
+    the batch, so a prompt's samples are the same alone or batched.
+    """
+
+    def __init__(self, seeds: Sequence[int], num_samples: int, *, temperature: float, top_p: float):
+        if not temperature > 0:
+            raise ValueError(f"SeededSampler: temperature must be positive, got {temperature}")
+        self.seeds, self.num_samples, self.temperature, self.top_p = list(seeds), num_samples, temperature, top_p
+        self.generators = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generators is None:  # on the scores' device, made at the first step
+            self.generators = [torch.Generator(device=scores.device).manual_seed(int(s)) for s in self.seeds]
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:  # transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p
+            sorted_logits, order = torch.sort(logits, descending=False)
+            drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - self.top_p
+            drop[..., -1:] = False
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        tokens = torch.stack([
+            torch.multinomial(probs[row], 1, generator=self.generators[row // self.num_samples])[0]
+            for row in range(probs.shape[0])
+        ])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, tokens.unsqueeze(1), 0.0)
+
+
+def merge_prompts(prompts: Sequence[Mapping[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One left-padded batch from batch-1 prompts (``build_prompt`` results): the inverse of
+    ``split_prompt_batch``, without running the processor again. Token inputs are left-padded
+    (pad id, attention 0, token type 0); the video inputs are concatenated in prompt order."""
+    if not prompts or any(p["input_ids"].shape[0] != 1 for p in prompts):
+        raise ValueError("merge_prompts: expects one or more batch-1 prompts")
+    width = max(p["input_ids"].shape[1] for p in prompts)
+    batch: dict[str, torch.Tensor] = {}
+    fill = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0}
+    for key in TOKEN_KEYS:
+        if key in prompts[0]:
+            rows = []
+            for p in prompts:
+                value = p.get(key, torch.ones_like(p["input_ids"])) if key == "attention_mask" else p[key]
+                pad = torch.full((1, width - value.shape[1]), fill[key], dtype=value.dtype, device=value.device)
+                rows.append(torch.cat([pad, value], dim=1))
+            batch[key] = torch.cat(rows)
+    for key in VIDEO_KEYS + IMAGE_KEYS:
+        if key in prompts[0]:
+            batch[key] = torch.cat([p[key] for p in prompts])
+    return batch
 
 
 def _generation_config(model, processor, *, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
@@ -665,13 +746,16 @@ def _generation_config(model, processor, *, max_new_tokens: int, do_sample: bool
     )
 
 
-def _run_generate(model, processor, inputs: Mapping[str, torch.Tensor], config) -> Completions:
+def _run_generate(model, processor, inputs: Mapping[str, torch.Tensor], config, sampler=None) -> Completions:
     """model.generate in eval mode without gradients, the new tokens trimmed at the stop token."""
+    from transformers import LogitsProcessorList
+
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            sequences = model.generate(**inputs, generation_config=config)
+            extra = {"logits_processor": LogitsProcessorList([sampler])} if sampler is not None else {}
+            sequences = model.generate(**inputs, generation_config=config, **extra)
     finally:
         model.train(was_training)
     stops = stop_token_ids(processor)

@@ -36,6 +36,7 @@ from tempsamp.train.checkpoint import (
 )
 from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
+from tempsamp.train.rollout_engine import RolloutRequest
 from tempsamp.train.schedule import sample_seed, shard, step_queries
 from tempsamp.train.scoring import gt_clip_arrays, score_group
 
@@ -115,20 +116,35 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 # ---------------------------------------------------------------- the four stages of a step
 
 
-def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_frames) -> Group:
-    """G-1 completions sampled from the policy (G for plain GRPO), plus the GT written as an answer."""
+def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_frames) -> RolloutRequest:
+    """The data phase of one query: its frames and prompt (raises on an unreadable video)."""
     video = load_frames(example)
     text = prompt_text(example.query, mode, duration=example.duration, task=example.task)
     prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, device=device)
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
-    ids, texts = engine.sample(prompt, video.frames, video.fps, text, num_samples=n_sampled, seed=seed)
-    offpolicy = [False] * n_sampled
-    if cfg.uses_offpolicy:
-        gt_text = offpolicy_text(example, mode)
-        ids.append(qwen_vl.completion_ids(processor, gt_text))
-        texts.append(gt_text)
-        offpolicy.append(True)
-    return Group(example, prompt, list(ids), list(texts), offpolicy, generated_tokens=sum(len(i) for i in ids[:n_sampled]))
+    return RolloutRequest(prompt, video.frames, video.fps, text, n_sampled, seed)
+
+
+def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest], mode: str) -> list[Group]:
+    """Every query's G-1 completions (G for plain GRPO) in ONE engine call, plus each GT written as an answer."""
+    groups = []
+    for example, request, (ids, texts) in zip(examples, requests, engine.sample_batch(requests)):
+        ids, texts, offpolicy = list(ids), list(texts), [False] * len(ids)
+        n_sampled = len(ids)
+        if cfg.uses_offpolicy:
+            gt_text = offpolicy_text(example, mode)
+            ids.append(qwen_vl.completion_ids(processor, gt_text))
+            texts.append(gt_text)
+            offpolicy.append(True)
+        groups.append(Group(example, request.prompt_inputs, ids, texts, offpolicy,
+                            generated_tokens=sum(len(i) for i in ids[:n_sampled])))
+    return groups
+
+
+def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_frames) -> Group:
+    """One query alone (the same samples as in any batch: they depend on its seed only)."""
+    request = prepare_query(cfg, processor, device, example, mode, seed, load_frames)
+    return rollout_step(cfg, engine, processor, [example], [request], mode)[0]
 
 
 def offpolicy_text(example, mode: str) -> str:
@@ -182,13 +198,16 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
         local_count = float(sum(b["completion_mask"].sum() for b in batches))
     normalizer = parallel.sum(local_count) / parallel.world
 
+    log = UpdateLog()
+    t0 = time.perf_counter()
     with torch.no_grad():
         ref = [reference_logprobs(ref_model, model, b) if cfg.beta else None for b in batches]
         old = [qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature) for b in batches] if cfg.updates_per_rollout > 1 else [None] * len(batches)
+    log.seconds["reference"] = time.perf_counter() - t0  # with the old-policy pass when updates_per_rollout > 1
 
-    log = UpdateLog()
     applied = True
     for _ in range(cfg.updates_per_rollout):
+        t0 = time.perf_counter()
         parallel.zero_grad()
         pass_loss = 0.0
         for i, b in enumerate(batches):
@@ -208,7 +227,11 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
             mask = b["completion_mask"].to(entropy.device)[on]
             log.entropy.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
         log.losses.append(pass_loss)
-        if not parallel.step(loss_finite=math.isfinite(pass_loss)):
+        t1 = time.perf_counter()
+        log.seconds["policy"] += t1 - t0
+        stepped = parallel.step(loss_finite=math.isfinite(pass_loss))
+        log.seconds["optimizer"] += time.perf_counter() - t1
+        if not stepped:
             applied = False
             break
     return log, applied
@@ -222,6 +245,9 @@ class UpdateLog:
     kl: list = field(default_factory=list)  # per micro-batch (group)
     clip_fraction: list = field(default_factory=list)
     entropy: list = field(default_factory=list)  # on-policy rows only
+    # wall time of this process's phases: reference (+ old policy) pass, policy forward + backward,
+    # optimizer step (with the gradient exchange and clipping), weight push to the sampler
+    seconds: dict = field(default_factory=lambda: {"reference": 0.0, "policy": 0.0, "optimizer": 0.0, "push": 0.0})
 
 
 def reference_logprobs(ref_model, model, batch):
@@ -299,6 +325,10 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
         "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
         "speed/rollout_seconds": rollout_seconds,
         "speed/tokens_per_second": generated / max(rollout_seconds, 1e-9),
+        # the slowest process's time per phase (they wait for each other at the gradient exchange)
+        "speed/data_seconds": max(r.get("data_seconds", 0.0) for r in reports),
+        **{f"speed/{phase}_seconds": max(r["update"].seconds[phase] for r in reports)
+           for phase in ("reference", "policy", "optimizer", "push")},
         "groups": float(len(groups)),
     }
 
@@ -451,6 +481,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
 
     end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not parallel.is_main)
+    checkpoint_seconds = 0.0
     for step in bar:
         t0 = time.perf_counter()
         stage = cfg.stage_at(step)
@@ -461,16 +492,21 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
         slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), parallel.rank, parallel.world)
         model.eval()
-        groups, group_slots, events = [], [], []
-        for slot, index in slots:
-            try:  # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU)
-                with torch.no_grad(), parallel.autocast(), parallel.generation():
-                    groups.append(rollout(cfg, engine, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+        requests, step_examples, group_slots, events = [], [], [], []
+        for slot, index in slots:  # data: frames and prompts
+            try:
+                requests.append(prepare_query(cfg, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+                step_examples.append(examples[index])
                 group_slots.append(slot)
             except (FileNotFoundError, VideoDecodeError) as err:
                 faults.bad_videos += 1
                 events.append(("bad_video", str(err)))
-        t_rollout = time.perf_counter() - t0
+        t_data = time.perf_counter() - t0
+        # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
+        # Every process enters generation() once per step, with or without queries (ZeRO-3 gathers).
+        with torch.no_grad(), parallel.autocast(), parallel.generation():
+            groups = rollout_step(cfg, engine, processor, step_examples, requests, stage["mode"]) if requests else []
+        t_rollout = time.perf_counter() - t0 - t_data
 
         # A process without a usable group cannot take part in the step's gradient exchange:
         # then no process updates (decided on gathered counts, so all agree).
@@ -494,13 +530,16 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         # 4. loss and optimizer step, then the sampler gets the new weights
         model.train()
         update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id)
+        t_push = time.perf_counter()
         if applied:
             engine.push_weights(policy)
+        update_log.seconds["push"] = time.perf_counter() - t_push
 
         # gather every process's report: faults, events and logs are counted once per group
         fmt_scores = np.stack([s.format for s in scores])
         report = {
             "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
+            "data_seconds": t_data,
             "groups": group_logs(group_slots, groups, task, fmt_scores, scores, adv),
         }
         reports = gather_object(report)
@@ -526,6 +565,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         if logger and step % cfg.log_every == 0:
             scalars.update({
                 "speed/step_seconds": time.perf_counter() - t0,
+                "speed/checkpoint_seconds": checkpoint_seconds,  # the previous step's save (0: none)
                 "memory/peak_gb": peak_memory_gb(),
                 "lr": lr_at(cfg, step),
                 **{f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"},
@@ -533,7 +573,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             logger.log(step + 1, scalars)
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
+        t_checkpoint = time.perf_counter()
         end_of_step(step + 1)
+        checkpoint_seconds = time.perf_counter() - t_checkpoint
 
     # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
     final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
@@ -541,5 +583,22 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         export_model(out / "final-model", policy, processor, final_state)
     if logger:
         logger.close()
+        write_speed_summary(out)
     parallel.close()
     return out
+
+
+SPEED_KEYS = ("step", "data", "rollout", "reference", "policy", "optimizer", "push", "checkpoint")
+
+
+def write_speed_summary(out: Path) -> dict:
+    """``speed.json``: the run's per-phase seconds per step (median over logged steps) and generated tokens/s."""
+    from tempsamp.train.logger import read_metrics
+
+    rows = read_metrics(out)
+    summary = {"steps": len(rows)}
+    for key in [f"speed/{k}_seconds" for k in SPEED_KEYS] + ["speed/tokens_per_second"]:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        summary[key.removeprefix("speed/")] = float(np.median(values)) if values else None
+    (out / "speed.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -14,6 +14,9 @@ PANELS = [
     ("policy", ["loss/kl", "loss/clip_fraction", "policy/entropy"]),
     ("length", ["completion/length"]),
     ("speed", ["speed/step_seconds", "speed/tokens_per_second"]),
+    # where a step's time goes (seconds; the slowest process's per phase; checkpoint: the previous step's save)
+    ("phases", ["speed/data_seconds", "speed/rollout_seconds", "speed/reference_seconds", "speed/policy_seconds",
+                "speed/optimizer_seconds", "speed/push_seconds", "speed/checkpoint_seconds"]),
     ("memory", ["memory/peak_gb"]),
 ]
 

@@ -1,9 +1,18 @@
 """Where the rollout's completions come from: one small interface, two engines.
 
     engine = make_engine(cfg, policy, processor, model_path)
-    ids, texts = engine.sample(prompt_inputs, frames, fps, text, num_samples=G - 1, seed=s)
+    results = engine.sample_batch([RolloutRequest(prompt_inputs, frames, fps, text, G - 1, seed), ...])
+    ...  # results[i] = (ids, texts) of request i: the whole step in one call
     ...  # the optimizer step
     engine.push_weights(policy)            # vLLM: copy the updated weights in; transformers: no-op
+
+``sample_batch`` takes every query of the step on this process and returns every group's
+completions from one batched call (transformers: one left-padded ``generate``; vLLM: one
+``llm.generate`` over all requests). Each request's samples are a function of its own seed
+(seed, step, slot) only, not of the other requests in the call, with both engines: transformers
+through ``qwen_vl.SeededSampler`` (one generator per prompt), vLLM through per-request
+``SamplingParams(seed=...)``. The two engines draw different numbers from the same seed.
+``sample(...)`` is one request.
 
 - ``TransformersEngine`` (default, tested): ``model.generate`` on the policy itself, through the
   model adapter (tempsamp.models.qwen_vl.generate). Nothing to push: it *is* the policy.
@@ -24,7 +33,7 @@ forward pass with the video (tempsamp.train.loop.update), never taken from the s
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -34,12 +43,23 @@ from tempsamp.models import qwen_vl
 ENGINES = ("transformers", "vllm")
 
 
+class RolloutRequest(NamedTuple):
+    """One query of a step: its prompt (``qwen_vl.build_prompt``), the frames and fps it was built
+    from, the prompt text, how many completions, and the seed they are a function of."""
+
+    prompt_inputs: dict
+    frames: np.ndarray
+    fps: float
+    text: str
+    num_samples: int
+    seed: int
+
+
 class RolloutEngine(Protocol):
     description: str  # what samples, as the run reports it ("vllm 0.32.0 (cpu, float32)")
 
-    def sample(self, prompt_inputs: dict, frames: np.ndarray, fps: float, text: str, *, num_samples: int,
-               seed: int) -> tuple[list[list[int]], list[str]]:
-        """``num_samples`` completions (token ids ending with the stop token unless cut, and texts)."""
+    def sample_batch(self, requests: list[RolloutRequest]) -> list[tuple[list[list[int]], list[str]]]:
+        """Per request, ``num_samples`` completions (token ids ending with the stop token unless cut, and texts)."""
 
     def push_weights(self, model) -> None:
         """Make the engine sample from ``model``'s current weights."""
@@ -54,12 +74,20 @@ class TransformersEngine:
         self.description = "transformers generate"
 
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
-        torch.manual_seed(seed)  # each query's samples are a function of (seed, step, slot)
-        ids, texts = qwen_vl.generate(
-            self.model, self.processor, prompt_inputs, num_samples=num_samples, max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature, top_p=self.top_p, do_sample=True,
+        return self.sample_batch([RolloutRequest(prompt_inputs, frames, fps, text, num_samples, seed)])[0]
+
+    def sample_batch(self, requests):
+        """One left-padded ``generate`` over every request (all with the same num_samples)."""
+        counts = {r.num_samples for r in requests}
+        if len(counts) != 1:
+            raise ValueError(f"sample_batch: every request needs the same num_samples, got {sorted(counts)}")
+        (n,) = counts
+        batch = qwen_vl.merge_prompts([r.prompt_inputs for r in requests], qwen_vl.pad_token_id(self.processor))
+        out = qwen_vl.generate_batch(
+            self.model, self.processor, batch, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+            top_p=self.top_p, do_sample=True, num_samples=n, seeds=[r.seed for r in requests],
         )
-        return list(ids), list(texts)
+        return [(list(out.ids[i * n:(i + 1) * n]), list(out.texts[i * n:(i + 1) * n])) for i in range(len(requests))]
 
     def push_weights(self, model) -> None:
         pass  # generation runs on the policy's own parameters
@@ -206,9 +234,14 @@ class VLLMEngine:
         return row
 
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
-        params = self.sampling_params(n=num_samples, seed=seed)
-        (output,) = self.llm.generate([self.request(text, frames, fps)], sampling_params=params, use_tqdm=False)
-        return [self.completion_ids(c) for c in output.outputs], [c.text for c in output.outputs]
+        return self.sample_batch([RolloutRequest(prompt_inputs, frames, fps, text, num_samples, seed)])[0]
+
+    def sample_batch(self, requests):
+        """One ``llm.generate`` over every request, each with its own seed."""
+        params = [self.sampling_params(n=r.num_samples, seed=r.seed) for r in requests]
+        outputs = self.llm.generate([self.request(r.text, r.frames, r.fps) for r in requests], sampling_params=params,
+                                    use_tqdm=False)
+        return [([self.completion_ids(c) for c in o.outputs], [c.text for c in o.outputs]) for o in outputs]
 
     def push_weights(self, model) -> None:
         """Load ``model``'s current weights into the engine, and drop everything computed with the old ones.
