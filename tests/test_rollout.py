@@ -112,3 +112,34 @@ def test_the_loop_rolls_out_a_step_in_one_call_and_logs_its_phases(tiny_small_vo
     summary = json.loads((out / "speed.json").read_text())
     assert summary["steps"] == 2 and summary["rollout_seconds"] > 0 and summary["tokens_per_second"] > 0
     assert (out / "plots" / "phases.png").exists() or any(p.name == "phases.png" for p in plot_run(out))
+
+
+def test_eval_without_mixed_mode_skips_the_log_prob_forward(tiny_small_vocab_model_dir, tmp_path, monkeypatch):
+    import math
+
+    from tempsamp.data.example import Example
+    from tempsamp.evaluation import inference
+    from video_files import write_video
+
+    examples = []
+    for i, span in enumerate([(2.0, 5.0), (1.0, 3.0)]):
+        write_video(tmp_path / f"v{i}.mp4", 6.0, span)
+        examples.append(Example(qid=f"q{i}", video_id=f"v{i}", video_path=str(tmp_path / f"v{i}.mp4"), duration=6.0,
+                                query="when is the red square visible?", spans=(span,)))
+    calls = []
+    real = qwen_vl.completion_logprobs
+    monkeypatch.setattr(qwen_vl, "completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    video = inference.VideoSettings(max_frames=8, min_pixels=3136, max_pixels=3136)
+    out = tmp_path / "eval"
+    inference.evaluate(str(tiny_small_vocab_model_dir), examples, out, ["answer"], video=video, max_new_tokens=6,
+                       progress=False, batch_size=2)
+    assert calls == []  # one generation per query, nothing else
+    records = inference.read_done(out / "generations.jsonl")
+    assert all(r["scored"] is False and math.isnan(r["answer"]["logprob"]) for r in records.values())
+    # asking for mixed later: those records lack the log-probs, so they are made again, scored
+    inference.evaluate(str(tiny_small_vocab_model_dir), examples, out, ["mixed"], video=video, max_new_tokens=6,
+                       progress=False, batch_size=2)
+    assert len(calls) == 4  # answer and cot, two queries
+    records = inference.read_done(out / "generations.jsonl")
+    assert all(r["scored"] and math.isfinite(r["answer"]["logprob"]) and math.isfinite(r["cot"]["logprob"])
+               for r in records.values())

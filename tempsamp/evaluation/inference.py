@@ -78,6 +78,9 @@ class TransformersGenerator:
     def __init__(self, model, processor, *, max_new_tokens: int, temperature: float = 0.0):
         self.model, self.processor = model, processor
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        # The log-prob forward serves only the deployable ``mixed`` mode; evaluate() turns it off
+        # otherwise (the answer's logprob is then NaN), so --mode answer costs one generation.
+        self.score = True
 
     def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
         import torch
@@ -92,7 +95,7 @@ class TransformersGenerator:
         results = []
         for prompt, ids, text in zip(qwen_vl.split_prompt_batch(batch), out.ids, out.texts):
             logprob = float("nan")
-            if ids:
+            if ids and self.score:
                 with torch.no_grad():
                     rows = qwen_vl.group_batch(prompt, [ids], qwen_vl.pad_token_id(self.processor))
                     logprob = float(qwen_vl.completion_logprobs(self.model, rows).sum() / len(ids))
@@ -231,7 +234,9 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = out_dir / "generations.jsonl"
     done = read_done(path)
-    todo = [ex for ex in examples if ex.qid not in done]
+    scores = getattr(generator, "score", True)
+    # A record made without the log-prob forward is made again when this run needs the log-probs.
+    todo = [ex for ex in examples if ex.qid not in done or (scores and done[ex.qid].get("scored") is False)]
     bar = tqdm(desc="eval", disable=not progress, initial=len(examples) - len(todo), total=len(examples))
     with open(path, "a") as sink:
         for first in range(0, len(todo), batch_size):
@@ -241,7 +246,7 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
                 try:
                     videos.append(video.load(ex.video_path))
                     readable.append(ex)
-                    records[ex.qid] = {"qid": ex.qid}
+                    records[ex.qid] = {"qid": ex.qid, "scored": bool(scores)}
                 except (FileNotFoundError, VideoDecodeError) as err:
                     records[ex.qid] = {"qid": ex.qid, "error": f"{type(err).__name__}: {err}"}
             if readable:
@@ -306,6 +311,8 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     needed = sorted({m for mode in modes for m in ((ANSWER, COT) if mode.startswith("mixed") else (mode,))})
     batch_size = default_batch_size(device) if batch_size is None else batch_size
     generator = make_generator(engine, model_path, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
+    if isinstance(generator, TransformersGenerator):  # (vLLM returns the log-probs with the tokens)
+        generator.score = "mixed" in modes  # the only mode that reads the answers' log-probs
     t0 = time.perf_counter()
     records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress)
     seconds = time.perf_counter() - t0
