@@ -259,7 +259,7 @@ def test_eval_with_vllm_gives_the_transformers_greedy_answers(synth, model_dir, 
     # 2 frames per video (one time slice): the engines' text position rules agree (module docstring)
     args = ["eval", "--model", str(model_dir), "--dataset", "jsonl", "--annotations", str(synth / "test.jsonl"),
             "--limit", "3", "--batch-size", "3", "--max-new-tokens", str(MAX_NEW), "--max-frames", "2",
-            "--min-pixels", "3136", "--max-pixels", str(4 * 3136)]
+            "--min-pixels", "3136", "--max-pixels", str(4 * 3136), "--mode", "answer", "mixed"]  # mixed: log-probs too
     run(*args, "--out", str(tmp_path / "vllm"), "--engine", "vllm")
     from tempsamp.cli import main
 
@@ -267,8 +267,9 @@ def test_eval_with_vllm_gives_the_transformers_greedy_answers(synth, model_dir, 
     got, want = ([json.loads(line) for line in (tmp_path / engine / "generations.jsonl").read_text().splitlines()]
                  for engine in ("vllm", "hf"))
     assert len(got) == len(want) == 3 and not any(r.get("error") for r in got)
-    assert [r["answer"]["text"] for r in got] == [r["answer"]["text"] for r in want]
+    for mode in ("answer", "cot"):
+        assert [r[mode]["text"] for r in got] == [r[mode]["text"] for r in want], mode
+        for a, b in zip(got, want):
+            assert a[mode]["logprob"] == pytest.approx(b[mode]["logprob"], abs=LOGPROB_ATOL), mode
     assert len({r["answer"]["text"] for r in want}) > 1  # varied answers, so the comparison means something
-    for a, b in zip(got, want):
-        assert a["answer"]["logprob"] == pytest.approx(b["answer"]["logprob"], abs=LOGPROB_ATOL)
     assert "engine: `vllm`" in (tmp_path / "vllm" / "report.md").read_text()

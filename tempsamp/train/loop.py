@@ -443,7 +443,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         parallel.print(f"resumed from {checkpoint} at step {start}")
     engine = make_engine(cfg, policy, processor, model_path)
     parallel.print(f"rollout engine: {engine.description}")
-    for entry, description in zip(layout, gather_object([engine.description])):  # what samples, per process
+    for entry, description in zip(layout, gather_object(engine.description)):  # what samples, per process
         entry["rollout_engine"] = description
     logger = RunLogger(out) if parallel.is_main else None
     if parallel.is_main:
