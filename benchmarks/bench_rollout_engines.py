@@ -12,9 +12,10 @@ video at 2 fps, G = ``--group`` samples each, at most ``--new-tokens`` new token
 Both engines run in this one process, after the vLLM engine has started (so both use the thread
 settings vLLM's CPU worker leaves: it binds OpenMP threads and turns torch.set_num_threads into a
 no-op for the process). Reported, as medians over ``--repeats`` after one warm-up:
-- transformers: the training loop's engine, one ``generate`` per query (G samples);
-- vllm per query: ``VLLMEngine.sample``, one ``llm.generate`` per query, as the loop calls it;
-- vllm one call: one ``llm.generate`` over all queries' requests (what a batched step would do);
+- transformers: one ``generate`` per query (G samples), as the loop did before issue 15;
+- transformers 1 call: ``sample_batch``, one left-padded ``generate`` for the step (the loop now);
+- vllm per query: one ``llm.generate`` per query;
+- vllm one call: ``sample_batch``, one ``llm.generate`` over all queries' requests (the loop now);
 and the ratios transformers / vLLM, plus vLLM's one-off start-up and a weight push.
 A random model rarely emits a stop token, so nearly every sample runs to --new-tokens on both
 engines; the generated-token counts are printed next to the times.
@@ -54,7 +55,7 @@ def main() -> int:
 
     from tempsamp.models import qwen_vl
     from tempsamp.models.tiny import VLLM_SPEC, ensure_tiny_model
-    from tempsamp.train.rollout_engine import TransformersEngine, VLLMEngine
+    from tempsamp.train.rollout_engine import RolloutRequest, TransformersEngine, VLLMEngine
 
     torch.set_num_threads(1)
     path = str(ensure_tiny_model(spec=VLLM_SPEC))
@@ -81,14 +82,13 @@ def main() -> int:
             tokens += sum(len(i) for i in ids)
         return tokens
 
-    def one_call():
-        params = [vllm_engine.sampling_params(n=args.group, seed=slot) for slot in range(args.queries)]
-        requests = [vllm_engine.request(t, f, 2.0) for t, f in zip(texts, frames)]
-        outputs = vllm_engine.llm.generate(requests, sampling_params=params, use_tqdm=False)
-        return sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    requests = [RolloutRequest(p, f, 2.0, t, args.group, slot) for slot, (p, f, t) in enumerate(zip(prompts, frames, texts))]
 
-    runs = {"transformers": lambda: per_query(hf_engine), "vllm per query": lambda: per_query(vllm_engine),
-            "vllm one call": one_call}
+    def one_call(engine):  # the whole step: what the training loop does
+        return sum(len(ids) for group, _ in engine.sample_batch(requests) for ids in group)
+
+    runs = {"transformers": lambda: per_query(hf_engine), "transformers 1 call": lambda: one_call(hf_engine),
+            "vllm per query": lambda: per_query(vllm_engine), "vllm one call": lambda: one_call(vllm_engine)}
     times = {name: [] for name in runs}
     tokens = {}
     for name, run in runs.items():
@@ -106,7 +106,7 @@ def main() -> int:
     base = statistics.median(times["transformers"])
     for name in runs:
         median = statistics.median(times[name])
-        print(f"{name:16s} {median:7.2f} s  {tokens[name]:5d} tokens  {tokens[name] / median:8.1f} tok/s  "
+        print(f"{name:19s} {median:7.2f} s  {tokens[name]:5d} tokens  {tokens[name] / median:8.1f} tok/s  "
               f"transformers/this = {base / median:5.2f}x")
     return 0
 
