@@ -114,19 +114,19 @@ def test_train_runs_logs_and_checkpoints(tiny_model_dir, data_dir, tmp_path):
 
 def test_tempsamp_generates_one_fewer_and_appends_the_gt(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     asked = []
-    real_generate = qwen_vl.generate
+    real_generate = qwen_vl.generate_batch
 
-    def spy(*args, **kwargs):
-        asked.append(kwargs["num_samples"])
-        return real_generate(*args, **kwargs)
+    def spy(model, processor, batch, **kwargs):
+        asked.append((batch["input_ids"].shape[0], kwargs["num_samples"]))
+        return real_generate(model, processor, batch, **kwargs)
 
-    monkeypatch.setattr(qwen_vl, "generate", spy)
+    monkeypatch.setattr(qwen_vl, "generate_batch", spy)
     for strategy, expected in (("shaping", 3), ("grpo", 4)):
         asked.clear()
         cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / strategy, strategy=strategy,
                                                      stages=[{"mode": "answer", "steps": 1}]))
         loop.train(cfg)
-        assert asked == [expected, expected]
+        assert asked == [(2, expected)]  # the step's 2 queries in one generate call
 
 
 def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_dir, tmp_path, monkeypatch):
