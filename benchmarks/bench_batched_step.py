@@ -4,14 +4,15 @@
                                             [--vocab real|small]
 
 On the tiny Qwen2.5-VL (real vocabulary by default), ``--queries`` queries per step, each with its own
-8-s video at 2 FPS (56x56 frames), G = ``--group``. Four variants, each in its own subprocess (so its
-peak RSS is its own), with the training loop's own pieces (prepare_query, the engine, score,
-advantages, update with a reference pass, beta = 0.04, one AdamW step):
+8-s video at 2 FPS (56x56 frames), G = ``--group``. Four variants, interleaved step by step in one
+process (so a change of load on a shared machine hits all alike), with the training loop's own
+pieces (prepare_query, the engine, score, advantages, update with a reference pass, beta = 0.04,
+one AdamW step):
 - per-query: one ``engine.sample`` (one transformers ``generate``) per query, as the loop did before;
 - batched: one ``engine.sample_batch`` for the whole step (one left-padded ``generate``);
 each for TempSamp (G-1 sampled + the ground truth) and plain GRPO (G sampled).
 Printed: per variant the step and rollout time (minimum over ``--steps`` steps after one warm-up,
-the least disturbed by other processes), generated tokens, peak RSS; then the ratios
+the least disturbed by other processes), generated tokens; the process's peak RSS; then the ratios
 batched / per-query (issue target: <= 0.6) and TempSamp / GRPO step time, batched (target: within
 0.05 of (G-1)/G). A random model rarely stops early, so every sample runs to --new-tokens.
 """
@@ -19,9 +20,7 @@ batched / per-query (issue target: <= 0.6) and TempSamp / GRPO step time, batche
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 
-def worker(args) -> dict:
+def run(args) -> dict:
+    """Every variant's step times, the variants interleaved step by step in this one process."""
     import numpy as np
     import torch
 
@@ -42,14 +42,11 @@ def worker(args) -> dict:
     from tempsamp.train.rollout_engine import TransformersEngine
 
     torch.set_num_threads(1)
-    cfg = load_config("tiny_cpu", [f"strategy={args.strategy}", f"num_generations={args.group}",
-                                   f"max_new_tokens={args.new_tokens}", "beta=0.04", "learning_rate=1e-6", "temperature=1.0"])
     model, processor = qwen_vl.load_policy(str(ensure_tiny_model(spec=TinySpec(vocab=args.vocab))))
     qwen_vl.freeze_vision_tower(model)
     ref_model = __import__("copy").deepcopy(model).eval().requires_grad_(False)
     parallel = Parallel("ddp")  # one process: the plain model
-    parallel.prepare(model, lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate), max_grad_norm=cfg.max_grad_norm)
-    engine = TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0)
+    parallel.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-6), max_grad_norm=1.0)
     pad_id = qwen_vl.pad_token_id(processor)
     rng = np.random.default_rng(0)
     spans = [(2.0, 5.0), (1.0, 3.5), (4.0, 7.0), (0.5, 2.0), (3.0, 6.0), (5.0, 7.5)]
@@ -61,14 +58,16 @@ def worker(args) -> dict:
         def __init__(self, example):
             self.frames, self.fps = videos[example.qid], 2.0
 
-    steps = []
-    for step in range(args.steps + 1):
+    def step(strategy: str, batched: bool, seed: int) -> dict:
+        cfg = load_config("tiny_cpu", [f"strategy={strategy}", f"num_generations={args.group}",
+                                       f"max_new_tokens={args.new_tokens}", "beta=0.04", "learning_rate=1e-6", "temperature=1.0"])
+        engine = TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0)
         t0 = time.perf_counter()
         model.eval()
         with torch.no_grad():
-            requests = [loop.prepare_query(cfg, processor, "cpu", ex, "answer", 1000 * step + slot, Frames)
+            requests = [loop.prepare_query(cfg, processor, "cpu", ex, "answer", seed + slot, Frames)
                         for slot, ex in enumerate(examples)]
-            if args.batched:
+            if batched:
                 groups = loop.rollout_step(cfg, engine, processor, examples, requests, "answer")
             else:
                 groups = [loop.rollout_step(cfg, engine, processor, [ex], [req], "answer")[0] for ex, req in zip(examples, requests)]
@@ -77,11 +76,18 @@ def worker(args) -> dict:
         adv = loop.advantages(cfg, task, fmt, off)
         model.train()
         loop.update(cfg, model, ref_model, groups, adv, parallel, pad_id)
-        steps.append({"step_s": time.perf_counter() - t0, "rollout_s": t_rollout,
-                      "tokens": sum(g.generated_tokens for g in groups)})
-    steps = steps[1:]  # the first step warms up
-    return {"step_s": min(s["step_s"] for s in steps), "rollout_s": min(s["rollout_s"] for s in steps),
-            "tokens": max(s["tokens"] for s in steps), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        return {"step_s": time.perf_counter() - t0, "rollout_s": t_rollout, "tokens": sum(g.generated_tokens for g in groups)}
+
+    variants = [(label, strategy, batched) for label, strategy in (("TempSamp", "shaping"), ("GRPO", "grpo"))
+                for batched in (False, True)]
+    times = {(label, batched): [] for label, _, batched in variants}
+    for i in range(args.steps + 1):  # the first round warms up
+        for label, strategy, batched in variants:  # interleaved: a load change hits every variant alike
+            result = step(strategy, batched, seed=1000 * i)
+            if i:
+                times[(label, batched)].append(result)
+    return {key: {"step_s": min(r["step_s"] for r in rows), "rollout_s": min(r["rollout_s"] for r in rows),
+                  "tokens": max(r["tokens"] for r in rows)} for key, rows in times.items()}
 
 
 def main() -> int:
@@ -91,30 +97,15 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--vocab", choices=("real", "small"), default="real")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--strategy", default="shaping", help=argparse.SUPPRESS)
-    parser.add_argument("--batched", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return 0
-
-    from tempsamp.models.tiny import TinySpec, ensure_tiny_model
-
-    ensure_tiny_model(spec=TinySpec(vocab=args.vocab))  # built once, before the timed subprocesses
-    results = {}
-    for strategy, label in (("shaping", "TempSamp"), ("grpo", "GRPO")):
-        for batched in (0, 1):
-            command = [sys.executable, __file__, "--worker", "--strategy", strategy, "--batched", str(batched),
-                       "--queries", str(args.queries), "--group", str(args.group), "--new-tokens", str(args.new_tokens),
-                       "--steps", str(args.steps), "--vocab", args.vocab]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
-            results[(label, batched)] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run(args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"tiny Qwen2.5-VL ({args.vocab} vocabulary), {args.queries} queries/step, G={args.group}, "
           f"<= {args.new_tokens} new tokens, 8-s videos at 2 FPS; min over {args.steps} steps after a warm-up, 1 thread")
     for (label, batched), r in results.items():
         print(f"{label:8s} {'batched' if batched else 'per-query':9s}  step {r['step_s']:6.2f} s  rollout {r['rollout_s']:6.2f} s  "
-              f"{r['tokens']:5d} tokens  peak RSS {r['peak_rss_gb']:.2f} GB")
+              f"{r['tokens']:5d} tokens")
+    print(f"peak RSS of the process (all variants share the model; the largest is the batched GRPO rollout): {peak:.2f} GB")
     for label in ("TempSamp", "GRPO"):
         print(f"{label}: batched / per-query step time = {results[(label, 1)]['step_s'] / results[(label, 0)]['step_s']:.2f} "
               f"(rollout {results[(label, 1)]['rollout_s'] / results[(label, 0)]['rollout_s']:.2f}; target <= 0.6)")
