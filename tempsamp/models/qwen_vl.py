@@ -650,29 +650,49 @@ def generate_batch(
         raise ValueError("generate_batch: the prompts must be LEFT-padded (build_prompt_batch does this)")
     if num_samples > 1 and not do_sample:
         raise ValueError("generate_batch: greedy decoding gives one completion per prompt; set num_samples=1")
-    sampler = None
     if seeds is not None:
         if not do_sample or len(seeds) != batch_inputs["input_ids"].shape[0]:
             raise ValueError(f"generate_batch: seeds need do_sample=True and one seed per prompt "
                              f"({batch_inputs['input_ids'].shape[0]}), got {len(seeds)}")
-        # The sampler applies temperature and top-p itself: transformers runs its own warpers after
-        # a caller's logits processors, so they are switched off (1.0, 1.0).
+        # The sampler draws every token itself (temperature and top-p included) and transformers
+        # only takes the one it left (greedy over its output), so transformers' own warpers and
+        # draw are off; each prompt is repeated num_samples times as transformers would.
         sampler = SeededSampler(seeds, num_samples, temperature=temperature, top_p=top_p)
-        temperature, top_p = 1.0, 1.0
+        config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=False,
+                                    temperature=1.0, top_p=1.0)
+        return _run_generate(model, processor, repeat_prompts(batch_inputs, num_samples), config, sampler)
     config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
-    return _run_generate(model, processor, batch_inputs, config, sampler)
+    return _run_generate(model, processor, batch_inputs, config)
+
+
+def repeat_prompts(batch: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Each row of a prompt batch (one video or image per row) ``n`` times in a row, with its media."""
+    if n == 1:
+        return dict(batch)
+    out = {key: batch[key].repeat_interleave(n, dim=0) for key in TOKEN_KEYS if key in batch}
+    for pixels, grid in (("pixel_values_videos", "video_grid_thw"), ("pixel_values", "image_grid_thw")):
+        if pixels in batch:
+            if batch[grid].shape[0] != batch["input_ids"].shape[0]:
+                raise ValueError(f"repeat_prompts: expects one {grid.split('_')[0]} per row")
+            chunks = torch.split(batch[pixels], batch[grid].prod(-1).tolist())
+            out[pixels] = torch.cat([chunk for chunk in chunks for _ in range(n)])
+            out[grid] = batch[grid].repeat_interleave(n, dim=0)
+    if "second_per_grid_ts" in batch:
+        out["second_per_grid_ts"] = batch["second_per_grid_ts"].repeat_interleave(n)
+    return out
 
 
 class SeededSampler:
     """A logits processor that draws each row's next token from its own prompt's torch.Generator.
 
     transformers samples every row from torch's one global RNG, so a row's sample depends on the
-    rows drawn before it in the batch. Here row r (prompt r // num_samples) draws from generator
-    ``seeds[r // num_samples]`` with temperature and top-p applied as transformers does (the
-    placeholder suppression and other processors have already run), and the returned logits
-    keep only the drawn token, which transformers' own draw then picks with probability 1.
-    Every prompt's generator advances by num_samples draws per decoding step whatever else is in
+    rows drawn before it in the batch. Here rows r of prompt r // num_samples draw from generator
+    ``seeds[r // num_samples]``, with temperature and top-p applied as transformers does (the
+    placeholder suppression and other processors have already run), and the returned logits keep
+    only the drawn token, which greedy decoding then takes. The draw is the exponential race
+    (argmax p_i / E_i with E_i ~ Exp(1): token i wins with probability p_i), one call per prompt.
+    Every prompt's generator advances by the same amount per decoding step whatever else is in
     the batch, so a prompt's samples are the same alone or batched.
     """
 
@@ -685,16 +705,17 @@ class SeededSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.generators is None:  # on the scores' device, made at the first step
             self.generators = [torch.Generator(device=scores.device).manual_seed(int(s)) for s in self.seeds]
-        logits = scores.float() / self.temperature
+        logits = scores.float() / self.temperature if self.temperature != 1.0 else scores.float()
         if self.top_p < 1.0:  # transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p
             sorted_logits, order = torch.sort(logits, descending=False)
             drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - self.top_p
             drop[..., -1:] = False
             logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
         probs = logits.softmax(-1)
-        tokens = torch.stack([
-            torch.multinomial(probs[row], 1, generator=self.generators[row // self.num_samples])[0]
-            for row in range(probs.shape[0])
+        n = self.num_samples
+        tokens = torch.cat([
+            (probs[i * n:(i + 1) * n] / torch.empty_like(probs[i * n:(i + 1) * n]).exponential_(generator=g)).argmax(-1)
+            for i, g in enumerate(self.generators)
         ])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.unsqueeze(1), 0.0)
