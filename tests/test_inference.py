@@ -216,9 +216,10 @@ def test_evaluate_batched_equals_batch_one_and_bad_videos_fail_alone(lively_mode
         runs[batch_size] = ([json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()], metrics)
         assert f"batch_size: `{batch_size}`" in (out / "report.md").read_text()
     (one, metrics_one), (two, metrics_two) = runs[1], runs[2]
-    assert [r["qid"] for r in two] == [ex.qid for ex in examples]
-    assert [bool(r.get("error")) for r in two] == [False, False, False, True, True]
-    assert len({r["answer"]["text"] for r in two[:3]}) == 3  # real, differing answers
+    one, two = ({(r["qid"], r["mode"]): r for r in lines} for lines in (one, two))
+    assert sorted(two) == sorted((ex.qid, m) for ex in examples for m in ("answer", "cot"))  # one line per query and mode
+    assert [bool(two[(ex.qid, "answer")].get("error")) for ex in examples] == [False, False, False, True, True]
+    assert len({two[(ex.qid, "answer")]["text"] for ex in examples[:3]}) == 3  # real, differing answers
     assert two == one
     assert metrics_two == metrics_one
 
