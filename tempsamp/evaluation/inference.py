@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
+from tempsamp.errors import UserError
 from tempsamp.prompts import ANSWER, COT, prompt_text
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
@@ -85,6 +86,7 @@ class TransformersGenerator:
 
         batch = qwen_vl.build_prompt_batch(self.processor, prompt_texts, [v.frames for v in videos],
                                            [v.fps for v in videos], device=self.model.device)
+        check_context(self.model, batch, prompt_texts, self.max_new_tokens)
         greedy = self.temperature <= 0
         out = qwen_vl.generate_batch(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens,
                                      temperature=1.0 if greedy else self.temperature, do_sample=not greedy)
@@ -97,6 +99,35 @@ class TransformersGenerator:
                     logprob = float(qwen_vl.completion_logprobs(self.model, rows).sum() / len(ids))
             results.append((ids, text, logprob))
         return results
+
+
+def context_length(model) -> int | None:
+    config = model.config
+    for part in (getattr(config, "text_config", None), config):
+        value = getattr(part, "max_position_embeddings", None) if part is not None else None
+        if value:
+            return int(value)
+    return None
+
+
+def check_context(model, batch, prompt_texts: list[str], max_new_tokens: int) -> None:
+    """A UserError when a prompt (video tokens + text) plus the answer budget exceeds the model's context."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for row, n in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        if n + max_new_tokens > limit:
+            raise ContextTooLong(f"the prompt is {int(n)} tokens (video and text) + max_new_tokens {max_new_tokens}, "
+                                 f"more than the model's context of {limit} tokens; shorten the query, or lower "
+                                 "--fps / --max-pixels / --max-new-tokens", row)
+
+
+class ContextTooLong(UserError):
+    """A prompt that does not fit the model's context; ``row``: which prompt of the batch."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
 
 
 class VLLMGenerator:
@@ -314,8 +345,6 @@ def check_manifest(out_dir: Path, settings: dict, overwrite: bool) -> list[dict]
     the keys; one with generations but no eval.json (an older tempsamp) too. With it, the records
     made another way are dropped from the file.
     """
-    from tempsamp.errors import UserError
-
     records = read_records(out_dir / GENERATIONS)
     manifest_path = out_dir / MANIFEST
     saved = None
@@ -417,8 +446,12 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
                 rows = [(ex, v) for ex, v in zip(readable, videos) if mode in todo_modes[ex.qid]]
                 if not rows:
                     continue
-                answers = generate_answers(generator, [v for _, v in rows], [ex.query for ex, _ in rows],
-                                           [ex.duration for ex, _ in rows], mode, [ex.task for ex, _ in rows])
+                try:
+                    answers = generate_answers(generator, [v for _, v in rows], [ex.query for ex, _ in rows],
+                                               [ex.duration for ex, _ in rows], mode, [ex.task for ex, _ in rows])
+                except ContextTooLong as err:
+                    ex = rows[err.row][0]
+                    raise ContextTooLong(f"query {ex.qid!r} ({ex.source or 'annotations'}): {err}", err.row) from None
                 for (ex, _), answer in zip(rows, answers):
                     results[ex.qid][mode] = answer
                     lines.append({"qid": ex.qid, "mode": mode, "made": made_by(settings, ex, mode), **answer})
