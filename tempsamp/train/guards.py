@@ -100,14 +100,9 @@ class GracefulStop:
         return 128 + int(getattr(signal, self.signal)) if self.signal else 1
 
 
-def stop_reason(stop: GracefulStop, counters, done: int, end: int, cfg, accelerator) -> str | None:
+def stop_reason(stop: GracefulStop, counters, done: int, end: int, cfg, parallel) -> str | None:
     """Why the run must stop after step ``done`` (None: go on); the same answer on every process."""
-    asked = stop.signal is not None
-    if accelerator.num_processes > 1:  # a signal may reach one process only: stop together
-        import torch
-
-        flag = torch.tensor(float(asked), device=accelerator.device)
-        asked = float(accelerator.reduce(flag, reduction="sum")) > 0
+    asked = parallel.sum(float(stop.signal is not None)) > 0  # a signal may reach one process only: stop together
     if asked:
         return f"stopped by {stop.signal or 'a signal to another process'} after step {done} of {end}"
     if counters.skipped_steps > cfg.max_skipped_fraction * end:
