@@ -69,7 +69,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
     rows = read_run_metrics(run_dir)
     out = ensure_output_dir(out_dir or Path(run_dir) / "plots", "plot folder")
-    boundaries = stage_boundaries(run_dir)
+    last_step = max(r["step"] for r in rows)
+    boundaries = [(step, mode) for step, mode in stage_boundaries(run_dir) if step < last_step]  # inside the curves
     written = []
     for name, axes_keys in PANELS:
         axes_keys = [[k for k in keys if any(r.get(k) is not None for r in rows)] for keys in axes_keys]
@@ -86,6 +87,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
                 ax.annotate(mode, (step + 0.5, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
                             ha="left", va="top", color="grey")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.ticklabel_format(axis="y", useOffset=False)  # values as they are, not as an offset + 1e-6 steps
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         axes[-1, 0].set_xlabel("step")
