@@ -45,6 +45,13 @@ def run_train(args) -> int:
 
         command, env = launch_command(args)
         return subprocess.run(command, env=env).returncode
+    if args.resume and not args.allow_fresh:  # before loading anything: say it at once
+        from tempsamp.errors import UserError
+        from tempsamp.train.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(cfg.output_dir) is None:
+            raise UserError(f"--resume: no intact checkpoint in {cfg.output_dir}; check output_dir, or add --allow-fresh "
+                            "to start at step 0")
     from tempsamp.train.loop import train
 
     train(cfg, resume=args.resume, max_steps=args.max_steps, require_checkpoint=not args.allow_fresh)
