@@ -151,6 +151,6 @@ def test_bad_input_with_the_model(files, tiny_small_vocab_model_dir):
     check(from_run, 0)
     assert f"skipping damaged checkpoint-2: {run / 'checkpoint-2' / 'model' / 'model.safetensors'}: truncated" in from_run["err"]
     assert "model: checkpoint-1, the newest intact checkpoint of the run" in from_run["err"]
-    assert "settings from the trained run: fps=2.0, max_frames=256, min_pixels=3136, max_pixels=3136" in from_run["err"]
+    assert f"settings from the trained run: fps=2.0, min_pixels=3136, max_pixels=3136, total_pixels={3136 * 16}\n" in from_run["err"]
     assert "warning: --max-new-tokens 2 differs from the model's training (3)" in from_run["err"]
     check(resume, 2, f"--resume: no intact checkpoint in {f / 'fresh'}", "--allow-fresh")

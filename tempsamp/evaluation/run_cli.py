@@ -107,8 +107,9 @@ def resolve_settings(args, trained: dict | None, say=print) -> dict:
                 say(f"warning: --{key.replace('_', '-')} {given} differs from the model's training ({from_run})")
         else:
             values[key] = type(default)(from_run) if from_run is not None else default
-    if trained:
-        say("settings from the trained run: " + ", ".join(f"{k}={values[k]}" for k in DEFAULTS if getattr(args, k) is None))
+    taken = [f"{k}={values[k]}" for k in DEFAULTS if getattr(args, k) is None and (trained or {}).get(k) is not None]
+    if taken:
+        say("settings from the trained run: " + ", ".join(taken))
     return values
 
 
