@@ -198,7 +198,9 @@ def run_predict(args) -> int:
     settings = resolve_settings(args, trained, _say)
     try:
         video = _video_settings(settings, args.frame_cache).load(args.video)
-    except (FileNotFoundError, VideoDecodeError) as err:
+    except FileNotFoundError as err:
+        raise UserError(f"{err.filename or args.video}: video not found") from None
+    except VideoDecodeError as err:
         raise UserError(str(err)) from None
     model, processor = qwen_vl.load_policy(model_dir)
     model.eval()
