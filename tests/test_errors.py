@@ -154,3 +154,48 @@ def test_bad_input_with_the_model(files, tiny_small_vocab_model_dir):
     assert f"settings from the trained run: fps=2.0, min_pixels=3136, max_pixels=3136, total_pixels={3136 * 16}\n" in from_run["err"]
     assert "warning: --max-new-tokens 2 differs from the model's training (3)" in from_run["err"]
     check(resume, 2, f"--resume: no intact checkpoint in {f / 'fresh'}", "--allow-fresh")
+
+
+def test_data_synth_removes_an_earlier_larger_benchmark(tmp_path):
+    from tempsamp.data.synth import synthesize
+
+    out = tmp_path / "synth"
+    synthesize(out, 6, 0)
+    assert len(list((out / "videos").iterdir())) == 6
+    synthesize(out, 5, 0)  # a smaller one into the same folder: no stale video from the first stays
+    assert sorted(p.name for p in (out / "videos").iterdir()) == [f"synth0000{i}.mp4" for i in range(5)]
+    listed = {json.loads(x)["video"] for name in ("train", "val", "test") for x in (out / f"{name}.jsonl").read_text().splitlines()}
+    assert listed == {f"videos/synth0000{i}.mp4" for i in range(5)}
+
+
+def test_plot_one_quantity_per_axis_points_stages_and_integer_steps(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tempsamp.train.plot import plot_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "loss/value": 0.1 * s, "lr": 1e-4, "loss/kl": 1e-4 * s, "policy/entropy": 11.9,
+             "loss/clip_fraction": 0.0, "reward/raw": 0.2, "reward/offpolicy": 0.9} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.yaml").write_text("stages:\n- {mode: answer, steps: 2}\n- {mode: cot, steps: 2}\n")
+    figures = {}
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.setdefault(fig.axes[0].get_title(), fig) and None)
+    names = {p.name for p in plot_run(run)}
+    assert {"loss.png", "lr.png", "policy.png", "reward.png"} <= names
+    policy = figures["policy"]
+    curves = [[line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in policy.axes]
+    assert curves == [["loss/kl"], ["loss/clip_fraction"], ["policy/entropy"]]  # the stage line is unlabelled
+    reward = figures["reward"].axes[0]
+    curves = [line for line in reward.get_lines() if not line.get_label().startswith("_")]
+    assert len(curves) == 2 and all(line.get_marker() == "o" for line in curves)  # a one-step run still shows a point
+    assert [line.get_xdata()[0] for line in reward.lines if line.get_linestyle() == "--"] == [2.5]  # the answer -> cot change
+    assert all(float(t).is_integer() for t in reward.get_xticks())
+    for fig in figures.values():
+        real_close(fig)
+    (run / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # one step: still a picture
+    assert plot_run(run)

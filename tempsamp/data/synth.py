@@ -438,9 +438,9 @@ def synthesize(out_dir, n: int, seed: int, *, task: str = "grounding", progress=
         except ValueError:
             pass
         manifest_path.unlink()
+    labels = split_videos(int(n), seed, cfg.splits)  # validates n first: nothing is removed for a bad request
     _clear_stale(out, int(n))
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    labels = split_videos(int(n), seed, cfg.splits)
     rows = {"train": [], "val": [], "test": []}
     scenes = []
     for index in range(int(n)):
