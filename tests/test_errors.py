@@ -73,6 +73,7 @@ def files(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_bad_input_without_a_model(files, tiny_small_vocab_model_dir):
     f, model = files, str(tiny_small_vocab_model_dir)
     train = ["train", "tiny_cpu", f"train_annotations={f / 'good.jsonl'}", "dataset=jsonl", f"output_dir={f / 'runs'}"]
@@ -124,6 +125,7 @@ def test_bad_input_without_a_model(files, tiny_small_vocab_model_dir):
     assert (f / "synth_used" / "notes.txt").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_with_the_model(files, tiny_small_vocab_model_dir):
     """The tiny model loads in these: a query beyond the context, an unusable frame cache (a warning,
     not an error), a training run folder as --model (its newest intact checkpoint and settings),
