@@ -112,7 +112,7 @@ def test_bad_input_without_a_model(files, tiny_small_vocab_model_dir):
         (["plot", str(f / "not_a_model")], 2, "metrics.jsonl: not found"),
         (["plot", str(f / "run_empty")], 2, "metrics.jsonl: holds no logged step yet (empty)"),
         (["data", "check", "--annotations", str(f / "latin1.jsonl")], 2, "latin1.jsonl:2: not UTF-8 text"),
-        (["data", "synth", "--out", str(f / "synth_used"), "--n", "2"], 2, "synth_used: holds files data synth did not write"),
+        (["data", "synth", "--out", str(f / "synth_used"), "--n", "5"], 2, "synth_used: holds files data synth did not write"),
     ]
     if os.geteuid() != 0:  # root writes anywhere: a read-only folder cannot be made here
         ro = f / "read_only"

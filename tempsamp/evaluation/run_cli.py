@@ -11,14 +11,19 @@ from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 # state.json records the config), else these defaults; a flag given on the command line wins, with
 # a warning when it differs from training. The sampling temperature is not taken: training samples
 # (temperature 1), evaluation is greedy unless --temperature says otherwise.
-DEFAULTS = {"fps": 2.0, "max_frames": 256, "min_pixels": 16 * 28 * 28, "max_pixels": 256 * 28 * 28,
-            "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
+DEFAULTS = {"fps": 2.0, "frame_sampling": "exact", "max_frames": None, "min_pixels": 16 * 28 * 28,
+            "max_pixels": 256 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
 
 
 def _video_args(p) -> None:
     d = DEFAULTS
     p.add_argument("--fps", type=float, default=None, help=f"default: the trained run's, else {d['fps']}")
-    p.add_argument("--max-frames", type=_positive_int, default=None, help=f"default: the trained run's, else {d['max_frames']}")
+    p.add_argument("--max-frames", type=_positive_int, default=None,
+                   help="frame cap (default: the trained run's, else 256 with exact sampling, qwen-vl-utils' 768 with "
+                        "--frame-sampling qwen)")
+    p.add_argument("--frame-sampling", choices=["exact", "qwen"], default=None,
+                   help="exact: frames at k / fps s (default, or the trained run's); qwen: qwen-vl-utils 0.0.14's frame "
+                        "count, indices and sizes (docs/evaluation.md)")
     p.add_argument("--min-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['min_pixels']}")
     p.add_argument("--max-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['max_pixels']}")
     p.add_argument("--total-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['total_pixels']}")
@@ -103,21 +108,33 @@ def resolve_settings(args, trained: dict | None, say=print) -> dict:
         given, from_run = getattr(args, key), (trained or {}).get(key)
         if given is not None:
             values[key] = given
-            if from_run is not None and float(given) != float(from_run):
+            if from_run is not None and str(given) != str(from_run) and not _same_number(given, from_run):
                 say(f"warning: --{key.replace('_', '-')} {given} differs from the model's training ({from_run})")
         else:
-            values[key] = type(default)(from_run) if from_run is not None else default
+            values[key] = from_run if from_run is not None else default
+    if values["max_frames"] is None:  # the cap that goes with the sampling
+        from tempsamp.video.sampling import QWEN_MAX_FRAMES
+
+        values["max_frames"] = QWEN_MAX_FRAMES if values["frame_sampling"] == "qwen" else 256
     taken = [f"{k}={values[k]}" for k in DEFAULTS if getattr(args, k) is None and (trained or {}).get(k) is not None]
     if taken:
         say("settings from the trained run: " + ", ".join(taken))
     return values
 
 
+def _same_number(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
 def _video_settings(values: dict, frame_cache):
     from tempsamp.evaluation.inference import VideoSettings
 
     return VideoSettings(fps=values["fps"], max_frames=values["max_frames"], min_pixels=values["min_pixels"],
-                         max_pixels=values["max_pixels"], total_pixels=values["total_pixels"], cache_dir=frame_cache)
+                         max_pixels=values["max_pixels"], total_pixels=values["total_pixels"], cache_dir=frame_cache,
+                         frame_sampling=values["frame_sampling"])
 
 
 def _say(text: str) -> None:
