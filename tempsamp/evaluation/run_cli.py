@@ -88,17 +88,22 @@ def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
     raise UserError(f"--model {spec}: not a model (no config.json, no checkpoint-N folders, no state.json); {what}")
 
 
-def _trained_config(checkpoint_dir) -> dict | None:
-    """The config a checkpoint was trained with (its state.json), or None."""
+def _trained_config(folder) -> dict | None:
+    """The config a model was trained with: a checkpoint's state.json, or a run folder's config.yaml
+    (for the run's final-model/), or None."""
     from pathlib import Path
 
-    state = Path(checkpoint_dir) / "state.json"
-    if not state.is_file():
-        return None
+    import yaml
+
+    state, run_config = Path(folder) / "state.json", Path(folder) / "config.yaml"
     try:
-        return json.loads(state.read_text()).get("config")
-    except (OSError, ValueError, AttributeError):
-        return None
+        if state.is_file():
+            return json.loads(state.read_text()).get("config")
+        if run_config.is_file():
+            return yaml.safe_load(run_config.read_text())
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        pass
+    return None
 
 
 def resolve_settings(args, trained: dict | None, say=print) -> dict:
