@@ -137,16 +137,19 @@ def test_bad_input_with_the_model(files, tiny_small_vocab_model_dir):
         config = {"max_new_tokens": 3, "min_pixels": 3136, "max_pixels": 3136, "total_pixels": 3136 * 16, "fps": 2.0}
         (run / f"checkpoint-{step}" / "state.json").write_text(json.dumps({"step": step, "config": config}))
     (run / "checkpoint-2" / "model" / "model.safetensors").write_bytes(b"\x08")  # damaged newest
+    shutil.copytree(model, run / "final-model")  # the run's export: its settings come from the run's config.yaml
+    (run / "config.yaml").write_text("max_new_tokens: 3\nmin_pixels: 3136\nmax_pixels: 3136\n")
     video = str(f / "v0.mp4")
     small = ["--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", str(3136 * 16)]
     cases = [
         ["predict", "--model", str(model), video, "1" * 33000, *small, "--max-new-tokens", "2"],
         ["predict", "--model", str(model), video, "when?", *small, "--max-new-tokens", "2", "--frame-cache", str(f / "a_file")],
         ["predict", "--model", str(run), video, "when?", "--max-new-tokens", "2"],
+        ["predict", "--model", str(run / "final-model"), video, "when?", "--total-pixels", str(3136 * 16)],
         ["train", "tiny_cpu", f"model={model}", f"train_annotations={f / 'good.jsonl'}", "dataset=jsonl",
          f"output_dir={f / 'fresh'}", "--resume"],
     ]
-    long_query, cache, from_run, resume = run_cases(cases, f)
+    long_query, cache, from_run, final, resume = run_cases(cases, f)
     check(long_query, 2, "the prompt is", "more than the model's context of 32768 tokens", "shorten the query")
     check(cache, 0)
     assert f"warning: frame cache {f / 'a_file'}: cannot write" in cache["err"] and "span: " in cache["out"]
@@ -155,6 +158,8 @@ def test_bad_input_with_the_model(files, tiny_small_vocab_model_dir):
     assert "model: checkpoint-1, the newest intact checkpoint of the run" in from_run["err"]
     assert f"settings from the trained run: fps=2.0, min_pixels=3136, max_pixels=3136, total_pixels={3136 * 16}\n" in from_run["err"]
     assert "warning: --max-new-tokens 2 differs from the model's training (3)" in from_run["err"]
+    check(final, 0)
+    assert "settings from the trained run: min_pixels=3136, max_pixels=3136, max_new_tokens=3" in final["err"]
     check(resume, 2, f"--resume: no intact checkpoint in {f / 'fresh'}", "--allow-fresh")
 
 
