@@ -119,9 +119,11 @@ def test_bad_input_without_a_model(files, tiny_small_vocab_model_dir):
         ro.mkdir()
         ro.chmod(0o555)
         table.append(([*ev[:-1], str(ro / "eval"), "--annotations", str(f / "good.jsonl")], 2, "cannot create"))
-    results = run_cases([argv for argv, *_ in table], f)
+    results = run_cases([argv for argv, *_ in table] + [["train", "tiny_cpu", "learning_rate=abc", "--debug"]], f)
     for result, (_, code, *needles) in zip(results, table):
         check(result, code, *needles)
+    debug = results[-1]  # --debug: the same error with its traceback
+    assert debug["code"] == "raised" and "Traceback" in debug["err"] and "learning_rate: 'abc' is not a number" in debug["err"]
     assert (f / "synth_used" / "notes.txt").exists()
 
 
