@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tempsamp",
         description="TempSamp-R1: mixed-policy RL fine-tuning of video LLMs for temporal grounding.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
