@@ -41,10 +41,13 @@ def run_train(args) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet under a launcher
-        import subprocess
-
+        # This process becomes torchrun (exec, not a child): a SIGTERM from a scheduler or a
+        # Ctrl-C reaches torchrun, which passes it to the trainers, which checkpoint and stop.
+        # A child launcher would die alone and leave the trainers running unsupervised.
         command, env = launch_command(args)
-        return subprocess.run(command, env=env).returncode
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(command[0], command, env)
     if args.resume and not args.allow_fresh:  # before loading anything: say it at once
         from tempsamp.errors import UserError
         from tempsamp.train.checkpoint import latest_checkpoint
