@@ -135,6 +135,16 @@ def test_token_mean_normaliser_counts_real_unmasked_tokens(fake):
     calls.clear()
     run_update(TrainConfig(beta=0.0, aggregation="sequence_mean", max_grad_norm=0.0), FakePolicy())
     assert [c["kwargs"]["normalizer"] for c in calls] == [6, 6]
+    assert {c["kwargs"]["aggregation"] for c in calls} == {"sequence_mean"}
+
+
+def test_offpolicy_loss_settings_reach_the_loss(fake):
+    _, calls = fake
+    run_update(TrainConfig(beta=0.0, offpolicy_loss="luffy", luffy_gamma=0.3, clip_eps=0.1, clip_eps_high=0.3, max_grad_norm=0.0),
+               FakePolicy())
+    for c in calls:
+        assert (c["kwargs"]["offpolicy_loss"], c["kwargs"]["luffy_gamma"]) == ("luffy", 0.3)
+        assert (c["kwargs"]["clip_eps"], c["kwargs"]["clip_eps_high"]) == (0.1, 0.3)
 
 
 def test_update_gradient_is_each_rows_advantage_times_its_likelihood(fake):
