@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.dont_write_bytecode = True  # a mutated module and its restored original may share an mtime: never a stale .pyc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,12 +115,22 @@ MUTATIONS = [
 ]
 
 
-def run_tests(root: Path, tests: tuple, env: dict) -> int:
+def run_tests(root: Path, tests: tuple) -> int:
+    """pytest in this process (torch and transformers are imported once, not once per mutation):
+    every tempsamp and test module is dropped first, so the mutated source is what gets imported."""
+    import contextlib
+    import io
+
+    import pytest
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("tempsamp", "conftest", "video_files") or name.split(".")[0].startswith("test_"):
+            del sys.modules[name]
     path, expr = tests
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", path]
-    if expr:
-        cmd += ["-k", expr]
-    return subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    args = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", str(root / path)] + (["-k", expr] if expr else [])
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        return int(pytest.main(args))
 
 
 def main(argv=None) -> int:
@@ -135,15 +147,21 @@ def main(argv=None) -> int:
             if (REPO / name).is_file():
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / name, root / name)
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
-               "TEMPSAMP_CACHE_DIR": os.environ.get("TEMPSAMP_CACHE_DIR", str(REPO / ".cache"))}
+        # the scratch copy's code wins; the tiny model is reused from the checkout's cache; one thread
+        os.environ.setdefault("TEMPSAMP_CACHE_DIR", str(REPO / ".cache"))
+        os.environ["OMP_NUM_THREADS"] = "1"
+        sys.path.insert(0, str(root))
+        os.chdir(root)
+        import torch
+
+        torch.set_num_threads(1)
 
         stale = [m[0] for m in chosen if (root / m[1]).read_text().count(m[2]) != 1]
         if stale:
             print(f"stale mutations (their text does not occur exactly once): {stale}")
             return 2
         for tests in sorted({m[4] for m in chosen}, key=str):
-            if run_tests(root, tests, env) != 0:
+            if run_tests(root, tests) != 0:
                 print(f"the unmutated tests fail: {tests}; fix them first")
                 return 2
 
@@ -152,7 +170,7 @@ def main(argv=None) -> int:
             original = (root / path).read_text()
             (root / path).write_text(original.replace(old, new))
             try:
-                code = run_tests(root, tests, env)
+                code = run_tests(root, tests)
             finally:
                 (root / path).write_text(original)
             killed = code not in (0, 5)  # 5: no test selected, which is not a kill
@@ -160,6 +178,11 @@ def main(argv=None) -> int:
                   flush=True)
             if not killed:
                 survivors.append(name)
+        # a kill must come from the mutation, not from state left by earlier in-process runs
+        for tests in sorted({m[4] for m in chosen}, key=str):
+            if run_tests(root, tests) != 0:
+                print(f"the unmutated tests fail after the mutants ran ({tests}): the kills above cannot be trusted")
+                return 2
     print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} mutations killed in {time.perf_counter() - t0:.0f} s")
     if survivors:
         print("survivors: " + "; ".join(survivors))

@@ -126,3 +126,13 @@ def test_kl_statistics_split_on_and_off_policy_rows():
     assert stats.kl == 0.0 and stats.kl_offpolicy == pytest.approx(math.exp(-1) + 1 - 1)
     _, none = grpo_loss(logp, torch.zeros(2), torch.ones(2, 1), ref_logp=ref)
     assert none.kl_offpolicy is None
+
+
+def test_luffy_offpolicy_rows_with_negative_advantage_are_not_clipped_either():
+    logp = torch.log(torch.tensor([[0.2, 0.6]])).requires_grad_(True)
+    old = logp.detach() + 1.0  # ratio 1/e: below 1 - eps, where clipping bites for A < 0
+    loss, _ = grpo_loss(logp, torch.tensor([-1.0]), torch.ones(1, 2), old_logp=old, beta=0.0,
+                        offpolicy=torch.tensor([True]), offpolicy_loss="luffy", luffy_gamma=0.0)
+    assert float(loss.detach()) == pytest.approx((0.2 + 0.6) / 2)  # -A * p, not -A * 0.8
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.2, 0.6]]) / 2)
