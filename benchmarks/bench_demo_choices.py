@@ -60,6 +60,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cot-steps", type=int, default=8)
     parser.add_argument("--eval", type=int, default=20, help="held-out queries")
     parser.add_argument("--work-dir", default=".cache/demo")
+    parser.add_argument("--start", default="demo", choices=("demo", "no-cot"),
+                        help="demo: the demo's start model (its supervised data holds the GT think sentence in 25%% of "
+                             "examples, so it writes that sentence from the start); no-cot: the same supervised recipe "
+                             "without CoT examples (built here, minutes), so only the RL stage can teach think text")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -69,9 +73,13 @@ def main(argv=None) -> int:
                           cache_dir=str(work / "frames"))
     data = Path(synthesize(work / "synth", n=size.n_videos, seed=0, **SYNTH_KNOBS))
     test = load_examples(data / "test.jsonl", "jsonl")[: args.eval]
-    start = ensure_start_model(work / "start-model", data / "train.jsonl", SFTConfig(
-        steps=size.sft_steps, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-        total_pixels=video.total_pixels, frame_cache=video.cache_dir), prebuilt=PREBUILT_START_MODEL)
+    sft = SFTConfig(steps=size.sft_steps, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
+                    total_pixels=video.total_pixels, frame_cache=video.cache_dir)
+    if args.start == "demo":
+        start = ensure_start_model(work / "start-model", data / "train.jsonl", sft, prebuilt=PREBUILT_START_MODEL)
+    else:
+        start = ensure_start_model(work / "start-model-no-cot", data / "train.jsonl", replace(sft, cot_fraction=0.0))
+    print(f"start model: {start}", flush=True)
     base = TrainConfig(
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
@@ -80,7 +88,7 @@ def main(argv=None) -> int:
     )
 
     def run(cfg, modes, max_new_tokens):
-        run_dir = work / "runs-choices" / f"{cfg.strategy}-{settings_digest(cfg)}"
+        run_dir = work / f"runs-choices-{args.start}" / f"{cfg.strategy}-{settings_digest(cfg)}"
         cfg = replace(cfg, output_dir=str(run_dir)).validate()
         train(cfg, resume=True)
         model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"

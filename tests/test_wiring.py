@@ -304,7 +304,7 @@ def test_step_scalars_log_onpolicy_kl_and_the_zero_gt_advantage_fraction():
     upd = loop.UpdateLog(losses=[0.1], kl=[0.01, 0.03], kl_offpolicy=[0.5, 0.7], clip_fraction=[0.0, 0.0], entropy=[1.0, 1.0])
     groups = [{"slot": s, "offpolicy": [False, False, True], "task": [0.1, 0.2, 1.0], "format": [0, 0, 0],
                "parsed": [True, True, True], "iou": [0.1, 0.2, 1.0], "adv": adv, "lengths": [3, 3, 3], "generated_tokens": 6}
-              for s, adv in enumerate(([-1.0, 1.0, 1.2], [0.0, 0.0, 0.0]))]
+              for s, adv in enumerate(([-1.0, 1.0, 1.2], [0.5, -0.5, 0.0]))]
     scalars = loop.step_scalars(TrainConfig(), [{"groups": groups, "update": upd, "rollout_seconds": 1.0}], cot=False)
     assert scalars["loss/kl"] == pytest.approx(0.02) and scalars["loss/kl_offpolicy"] == pytest.approx(0.6)
     assert scalars["adv/frac_offpolicy_zero"] == pytest.approx(0.5)
