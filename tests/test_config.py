@@ -68,21 +68,20 @@ def test_values_take_their_field_type():
 
 
 def test_weight_dtype_keeps_float32_master_weights_for_full_fine_tuning():
-    from types import SimpleNamespace
-
     import torch
 
     from tempsamp.train.loop import weight_dtype
 
-    def accelerator(device, kind="NO"):
-        return SimpleNamespace(device=SimpleNamespace(type=device), distributed_type=SimpleNamespace(value=kind))
-
     cfg = TrainConfig()
-    assert weight_dtype(cfg, accelerator("cpu")) == torch.float32
-    assert weight_dtype(cfg, accelerator("cuda")) == torch.float32  # full FT: lr 1e-6 is below bf16 resolution
-    assert weight_dtype(cfg, accelerator("cuda", "FSDP")) == torch.float32
-    assert weight_dtype(cfg, accelerator("cuda", "DEEPSPEED")) == torch.bfloat16  # it keeps its own fp32 master
-    assert weight_dtype(TrainConfig(lora=True), accelerator("cuda")) == torch.bfloat16  # frozen base
-    assert weight_dtype(TrainConfig(dtype="bfloat16"), accelerator("cpu")) == torch.bfloat16
+    assert weight_dtype(cfg, "cpu") == torch.float32
+    assert weight_dtype(cfg, "cuda") == torch.float32  # full FT: lr 1e-6 is below bf16 resolution
+    assert weight_dtype(TrainConfig(distributed="fsdp"), "cuda") == torch.float32  # FSDP computes in bf16 from fp32 shards
+    for zero in ("zero2", "zero3", "zero3_offload"):  # DeepSpeed keeps its own fp32 master
+        assert weight_dtype(TrainConfig(distributed=zero), "cuda") == torch.bfloat16
+        assert weight_dtype(TrainConfig(distributed=zero), "cpu") == torch.float32
+    assert weight_dtype(TrainConfig(lora=True), "cuda") == torch.bfloat16  # frozen base
+    assert weight_dtype(TrainConfig(dtype="bfloat16"), "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="distributed"):
+        TrainConfig(distributed="fsdp1").validate()
     with pytest.raises(ValueError, match="dtype"):
         TrainConfig(dtype="fp8").validate()

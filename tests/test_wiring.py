@@ -4,14 +4,12 @@ temperature, the token count, the GT's loss mask). A unigram fake policy stands 
 where the wire, not the network, is under test; `make mutants` checks that every listed mutation
 is caught."""
 
-import contextlib
 import copy
 import math
 
 import numpy as np
 import pytest
 import torch
-from accelerate.utils import DistributedType
 
 from tempsamp.advantages import group_advantages
 from tempsamp.data.example import Example
@@ -49,24 +47,6 @@ class FakeAdapter:
         return (logp, torch.zeros_like(logp).detach()) if with_entropy else logp
 
 
-class FakeAccelerator:
-    num_processes = 1
-    device = torch.device("cpu")
-    distributed_type = DistributedType.NO
-
-    def reduce(self, tensor, reduction="sum"):
-        return tensor
-
-    def backward(self, loss):
-        loss.backward()
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
 def fake_groups():
     """Two groups of different lengths; the GT row is flagged, once in the middle, once last."""
     prompt = {"input_ids": torch.tensor([[1, 2, 3]])}
@@ -94,10 +74,13 @@ def fake(monkeypatch):
 
 
 def run_update(cfg, model, ref=None, adv=None, lr=0.0):
+    from tempsamp.train.parallel import Parallel
+
     groups = fake_groups()
     adv = torch.tensor([[0.5, 2.0, -1.0], [1.0, -0.5, 1.5]], dtype=torch.float64) if adv is None else adv
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    log, applied = loop.update(cfg, model, ref, optimizer, groups, adv, FakeAccelerator(), pad_id=0)
+    par = Parallel("ddp")  # one process: no process group, plain backward and optimizer step
+    par.model, par.optimizer, par.max_grad_norm = model, torch.optim.SGD(model.parameters(), lr=lr), cfg.max_grad_norm
+    log, applied = loop.update(cfg, model, ref, groups, adv, par, pad_id=0)
     return groups, adv, log, applied
 
 

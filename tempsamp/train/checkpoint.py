@@ -3,9 +3,12 @@
 Layout of ``OUTPUT_DIR/checkpoint-STEP/``:
     model/            save_pretrained output (safetensors + config + processor): loads with
                       transformers ``from_pretrained`` (for LoRA runs: the peft adapter)
-    optimizer.safetensors, optimizer.json   AdamW state tensors and param groups
-    rng.safetensors   torch CPU (and CUDA) generator states
-    state.json        step, data position, numpy/python RNG states, config, counters
+    optimizer.safetensors, optimizer.json   AdamW state tensors and param groups (one process / DDP)
+    fsdp/             FSDP runs: model and optimizer shards (torch.distributed.checkpoint)
+    deepspeed/        ZeRO runs: DeepSpeed's own model and optimizer partitions
+    rng.safetensors   torch CPU (and CUDA) generator states; rng-rankR.safetensors for rank R > 0
+    state.json        step, data position, numpy/python RNG states, config, counters, world size
+A finished run also exports ``OUTPUT_DIR/final-model/``: a plain transformers checkpoint (LoRA merged).
 A checkpoint is written to ``.checkpoint-STEP.tmp`` and renamed into place, so a directory named
 ``checkpoint-*`` is always complete; leftover ``.tmp`` directories from a crash are ignored and removed.
 """
@@ -54,16 +57,46 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: dict, keep_last: int = 2,
                     model_state: dict | None = None) -> Path:
-    """Write checkpoint-STEP atomically and prune all but the newest ``keep_last``.
+    """Write checkpoint-STEP atomically and prune all but the newest ``keep_last`` (one process).
 
-    model_state: the full weights when ``model``'s own are sharded (FSDP / ZeRO-3, gathered by
-    ``accelerator.get_state_dict``); optimizer None: no optimizer state (sharded, not resumable).
+    model_state: the full weights when ``model``'s own are sharded; optimizer None: no optimizer
+    state here (a sharded run keeps it in the checkpoint's ``fsdp/`` or ``deepspeed/`` folder).
+    Several processes write one checkpoint in three steps: ``begin_checkpoint`` (main), each
+    process's shards and ``save_rng``, then ``commit_checkpoint`` (main).
     """
+    tmp = begin_checkpoint(output_dir, step)
+    save_rng(tmp, rank=0)
+    return commit_checkpoint(tmp, step, model, processor, optimizer, state, keep_last, model_state=model_state)
+
+
+def begin_checkpoint(output_dir, step: int) -> Path:
+    """The temporary folder checkpoint-STEP is written into (leftovers of a crash removed)."""
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".checkpoint-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".checkpoint-{step}.tmp"
+    tmp.mkdir()
+    return tmp
+
+
+def save_rng(folder: Path, rank: int) -> None:
+    """This process's torch (and CUDA) generator states: rng.safetensors, rng-rank{R} beyond rank 0."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda{i}"] = s
+    save_file(rng, str(Path(folder) / _rng_name(rank)))
+
+
+def _rng_name(rank: int) -> str:
+    return "rng.safetensors" if rank == 0 else f"rng-rank{rank}.safetensors"
+
+
+def commit_checkpoint(tmp: Path, step: int, model, processor, optimizer, state: dict, keep_last: int = 2,
+                      model_state: dict | None = None) -> Path:
+    """Write the model, optimizer and state into ``tmp``, then rename it to checkpoint-STEP (main process)."""
+    root = tmp.parent
     final = root / f"checkpoint-{step}"
     if model_state is None:
         model.save_pretrained(tmp / "model", safe_serialization=True)
@@ -75,11 +108,6 @@ def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: d
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"cuda{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
     full_state = dict(state, step=step, python_random=_py_random_state(), numpy_random=_np_random_state())
     (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
     _fsync_tree(tmp)
@@ -89,6 +117,52 @@ def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: d
     for old in checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def export_model(folder, policy, processor, model_state: dict | None = None) -> Path:
+    """A plain transformers checkpoint of the trained policy: ``from_pretrained`` loads it.
+
+    LoRA: the adapters are merged into the base weights (W + B A x alpha / r), so the export needs
+    neither peft nor the base model. ``model_state``: the full weights, when the policy's own are
+    sharded (FSDP / ZeRO-3); written through a temporary folder and renamed, like a checkpoint.
+    """
+    folder = Path(folder)
+    state = model_state if model_state is not None else {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+    base = policy
+    if hasattr(policy, "peft_config"):
+        state = merge_lora_state(state, policy.peft_config["default"])
+        base = policy.get_base_model()
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+    _fsync_tree(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def merge_lora_state(state: dict, lora_config) -> dict:
+    """A peft model's state dict -> the base model's, each adapted weight merged: W + (B @ A) x scale."""
+    import math
+
+    scale = lora_config.lora_alpha / (math.sqrt(lora_config.r) if lora_config.use_rslora else lora_config.r)
+    prefix = "base_model.model."
+    merged = {}
+    for name, tensor in state.items():
+        if ".lora_" in name or "modules_to_save" in name:
+            continue
+        key = name[len(prefix):] if name.startswith(prefix) else name
+        if ".base_layer." in name:
+            stem = name.split(".base_layer.")[0]
+            a, b = state.get(f"{stem}.lora_A.default.weight"), state.get(f"{stem}.lora_B.default.weight")
+            if a is not None and b is not None and name.endswith(".base_layer.weight"):
+                tensor = (tensor.float() + (b.float() @ a.float()) * scale).to(tensor.dtype)
+            key = key.replace(".base_layer.", ".")
+        merged[key] = tensor
+    return merged
 
 
 def load_model_weights(model, model_dir: str | Path) -> None:
@@ -135,13 +209,20 @@ def _to_module_names(model, state: dict) -> dict:
     return {saved_to_own.get(name, name): tensor for name, tensor in state.items()}
 
 
-def load_checkpoint(path, model_param_loader, optimizer) -> dict:
-    """Restore optimizer and RNG states; ``model_param_loader(model_dir)`` restores the weights."""
+def load_checkpoint(path, model_param_loader, optimizer, rank: int = 0) -> dict:
+    """Restore optimizer and RNG states; ``model_param_loader(model_dir)`` restores the weights.
+
+    model_param_loader / optimizer None: restored elsewhere (a sharded run loads both from its
+    shards). Each process restores its own RNG state (rank 0's where the run had fewer processes).
+    """
     path = Path(path)
-    model_param_loader(path / "model")
-    meta = json.loads((path / "optimizer.json").read_text())
-    _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta)
-    rng = load_file(str(path / "rng.safetensors"))
+    if model_param_loader is not None:
+        model_param_loader(path / "model")
+    if optimizer is not None:
+        meta = json.loads((path / "optimizer.json").read_text())
+        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta)
+    rng_file = path / _rng_name(rank)
+    rng = load_file(str(rng_file if rng_file.exists() else path / _rng_name(0)))
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]

@@ -15,8 +15,9 @@ def register(sub) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
         "--num-processes", type=int, default=1, metavar="N",
-        help="data-parallel processes on this machine: `accelerate launch --multi_gpu` on GPUs, torchrun with "
-        "gloo on a CPU (for other set-ups use `accelerate launch --config_file configs/accelerate/...`)",
+        help="processes on this machine, started with torchrun (NCCL on GPUs, gloo on a CPU); the config key "
+        "`distributed` (ddp, fsdp, zero2, zero3, zero3_offload) says how they share the model. Several nodes: "
+        "`torchrun --nnodes ... -m tempsamp train ...`",
     )
     p.set_defaults(func=run_train)
 
@@ -43,30 +44,24 @@ def run_train(args) -> int:
     from tempsamp.train.loop import train
 
     out = train(cfg, resume=args.resume, max_steps=args.max_steps)
-    print(f"run written to {out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run written to {out}")
     return 0
 
 
 def launch_command(args) -> tuple[list[str], dict]:
-    """The launcher command that runs this same `tempsamp train` in ``args.num_processes`` processes.
+    """The torchrun command that runs this same `tempsamp train` in ``args.num_processes`` processes.
 
-    GPUs: accelerate's multi-GPU launcher. CPU: torchrun (accelerate's own CPU launcher starts one
-    process unless MPI is set up); ``ACCELERATE_USE_CPU`` makes accelerate pick gloo.
+    torchrun on GPUs and on a CPU alike: the processes then pick NCCL or gloo themselves
+    (tempsamp.train.parallel), so a CPU run exercises the code a GPU run runs.
     """
-    import torch
-
     train_args = [args.recipe, *args.overrides]
     if args.resume:
         train_args.append("--resume")
     if args.max_steps is not None:
         train_args += ["--max-steps", str(args.max_steps)]
-    env = dict(os.environ)
-    if torch.cuda.is_available():
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.num_processes)]
-    else:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.num_processes)]
-        env["ACCELERATE_USE_CPU"] = "true"
-    return [*launcher, "-m", "tempsamp", "train", *train_args], env
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.num_processes)]
+    return [*launcher, "-m", "tempsamp", "train", *train_args], dict(os.environ)
 
 
 def run_plot(args) -> int:

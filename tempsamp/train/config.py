@@ -91,6 +91,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine
     max_grad_norm: float = 1.0
     queries_per_step: int = 4  # groups per optimizer step, over all processes
+    # how the model is spread over processes (tempsamp.train.parallel): ddp | fsdp | zero2 | zero3 | zero3_offload
+    distributed: str = "ddp"
     seed: int = 0
 
     # run
@@ -129,6 +131,10 @@ class TrainConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not auto, float32 or bfloat16")
         if self.rollout_engine not in ("transformers", "vllm"):
             raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
+        from tempsamp.train.parallel import MODES as DISTRIBUTED
+
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed: {self.distributed!r} is not one of {', '.join(DISTRIBUTED)}")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
         for key, allowed in (("anchor_tied", ANCHOR_TIED), ("offpolicy_loss", ("ratio", "luffy")),

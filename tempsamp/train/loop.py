@@ -2,8 +2,9 @@
 
 One readable function, ``train(cfg)``. Every algorithmic piece is a call into the library
 (tempsamp.advantages, tempsamp.loss, tempsamp.prompts); everything Qwen-specific is a call into the
-model adapter (tempsamp.models.qwen_vl). accelerate runs the same code on a CPU, one GPU, or many
-(DDP / FSDP / DeepSpeed): each process trains on whole groups, chosen by index.
+model adapter (tempsamp.models.qwen_vl); how the model is spread over processes (``distributed``:
+DDP, FSDP2, DeepSpeed ZeRO) is a call into tempsamp.train.parallel. The same code runs on a CPU
+(gloo), one GPU, or many: each process trains on whole groups, chosen by index.
 
 Across processes (tempsamp.train.schedule): a group's G rows never straddle processes, so its
 advantages are computed on the full group where it was sampled; the off-policy row is known by its
@@ -16,10 +17,10 @@ every process's groups gathered (each group counted once, in slot order).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import resource
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from tempsamp.advantages import group_advantages, shape_rewards
 from tempsamp.loss import grpo_loss
 from tempsamp.models import qwen_vl
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
-from tempsamp.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
+from tempsamp.train.checkpoint import (
+    begin_checkpoint, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights, save_rng,
+)
 from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
 from tempsamp.train.schedule import sample_seed, shard, step_queries
@@ -188,23 +191,23 @@ def advantages(cfg, task, fmt, off):
     )
 
 
-def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
+def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
 
-    Each group is one micro-batch (gradients accumulate; DDP syncs on the last one). Returns
-    (UpdateLog, whether the step was applied). A step whose loss or gradients are not finite on
-    any process is skipped by all (gradients zeroed), never applied.
+    Each group is one micro-batch (gradients accumulate; they are exchanged on the last one).
+    Returns (UpdateLog, whether the step was applied). A step whose loss or gradients are not
+    finite on any process is skipped by all (gradients zeroed), never applied.
     """
     batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
     masks = [loss_mask(b, g) for b, g in zip(batches, groups)]  # padding (and masked GT think tokens) excluded
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
-    # Divided by the number of processes because DDP averages (not sums) the processes' gradients.
+    # Divided by the number of processes because DDP, FSDP and ZeRO average (not sum) the
+    # processes' gradients.
     if cfg.aggregation == "sequence_mean":
         local_count = float(sum(len(g.texts) for g in groups))
     else:
         local_count = float(sum(m.sum() for m in masks))
-    total = accelerator.reduce(torch.tensor(local_count, device=accelerator.device), reduction="sum")
-    normalizer = float(total) / accelerator.num_processes
+    normalizer = parallel.sum(local_count) / parallel.world
 
     with torch.no_grad():
         # every log-prob at the sampling temperature, the reference's too (as TRL does): otherwise
@@ -215,20 +218,20 @@ def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
     log = UpdateLog()
     applied = True
     for _ in range(cfg.updates_per_rollout):
-        optimizer.zero_grad(set_to_none=True)
+        parallel.zero_grad()
         pass_loss = 0.0
         for i, b in enumerate(batches):
-            with micro_batch(accelerator, model, last=i == len(batches) - 1):
+            with parallel.micro_batch(last=i == len(batches) - 1):
                 logp, entropy = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 loss, stats = grpo_loss(
                     logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
                     clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
                     offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
                 )
-                accelerator.backward(loss)
+                parallel.backward(loss)
             # The step's loss is the sum of its micro-batch losses (each already divided by the
             # whole step's count); over P processes each holds P x its share, hence the / P.
-            pass_loss += float(loss.detach()) / accelerator.num_processes
+            pass_loss += float(loss.detach()) / parallel.world
             log.kl.append(stats.kl)
             if stats.kl_offpolicy is not None:
                 log.kl_offpolicy.append(stats.kl_offpolicy)
@@ -237,39 +240,10 @@ def update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id):
             mask = b["completion_mask"].to(entropy.device)[on]
             log.entropy.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
         log.losses.append(pass_loss)
-        grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-        bad = torch.tensor(float(not (grads_finite and math.isfinite(pass_loss))), device=accelerator.device)
-        if float(accelerator.reduce(bad, reduction="sum")) > 0:
-            optimizer.zero_grad(set_to_none=True)
+        if not parallel.step(loss_finite=math.isfinite(pass_loss)):
             applied = False
             break
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
     return log, applied
-
-
-@contextmanager
-def micro_batch(accelerator, model, last: bool):
-    """Gradient accumulation over a process's groups: gradients are exchanged on the last one only.
-
-    DDP / FSDP: accelerate's ``no_sync``. DeepSpeed: accelerate's ``backward`` steps the engine
-    whenever ``sync_gradients`` is set, so it is cleared for all but the last micro-batch
-    (accelerate has no public switch for this; NOT RUN here: no DeepSpeed on the CPU machines).
-    """
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.gradient_state._set_sync_gradients(last)
-        try:
-            yield
-        finally:
-            accelerator.gradient_state._set_sync_gradients(True)
-    elif last:
-        yield
-    else:
-        with accelerator.no_sync(model):
-            yield
 
 
 @dataclass
@@ -365,31 +339,22 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
     }
 
 
-def weight_dtype(cfg: TrainConfig, accelerator) -> torch.dtype:
+def weight_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
     """The dtype the policy's weights are loaded in.
 
     ``auto``: float32 on a CPU. On a GPU, bfloat16 for LoRA (the base is frozen; peft keeps the
     adapters in float32) and float32 master weights for full fine-tuning, with the compute in
-    bfloat16 under accelerate's mixed precision: an AdamW update of ~lr = 1e-6 on a weight of ~1e-2
-    is far below bfloat16's resolution (2^-8 relative), so pure-bf16 weights would not move.
-    DeepSpeed keeps float32 master weights itself and is given bfloat16 weights.
+    bfloat16 (autocast under DDP, FSDP's mixed-precision policy): an AdamW update of ~lr = 1e-6 on
+    a weight of ~1e-2 is far below bfloat16's resolution (2^-8 relative), so pure-bf16 weights
+    would not move. DeepSpeed keeps float32 master weights itself and is given bfloat16 weights.
     """
     if cfg.dtype != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    if accelerator.device.type != "cuda":
+    if device_type != "cuda":
         return torch.float32
-    if cfg.lora or accelerator.distributed_type.value == "DEEPSPEED":
+    if cfg.lora or cfg.distributed.startswith("zero"):
         return torch.bfloat16
     return torch.float32
-
-
-def mixed_precision(cfg: TrainConfig) -> str | None:
-    """bf16 autocast on a GPU unless a launcher config chose (ACCELERATE_MIXED_PRECISION); none on a CPU."""
-    import os
-
-    if cfg.dtype != "auto" or os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        return None  # accelerate's default / the launcher's choice
-    return "bf16" if torch.cuda.is_available() else "no"
 
 
 def peak_memory_gb() -> float:
@@ -422,62 +387,68 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
     """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests)."""
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object
     from tqdm import tqdm
 
+    from tempsamp.train.parallel import Parallel
     from tempsamp.train.rollout_engine import make_engine
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
-    accelerator.print(f"training on {accelerator.num_processes} process(es), {accelerator.distributed_type.value}")
+    parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available())
+    gather_object = parallel.gather_object
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    if cfg.queries_per_step < accelerator.num_processes:
-        raise ValueError(f"queries_per_step={cfg.queries_per_step} is less than the {accelerator.num_processes} processes: "
+    if cfg.queries_per_step < parallel.world:
+        raise ValueError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
                          "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
-    dtype = weight_dtype(cfg, accelerator)
     model_path = resolve_model_path(cfg.model)
-    model, processor = qwen_vl.load_policy(model_path, dtype=dtype, device=accelerator.device)
+    # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
+    # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
+    model, processor = qwen_vl.load_policy(model_path, dtype=weight_dtype(cfg, parallel.device.type), device="cpu")
     pad_id = qwen_vl.pad_token_id(processor)
     if cfg.freeze_vision:
         qwen_vl.freeze_vision_tower(model)
     ref_model = None
     if cfg.lora:
         model = qwen_vl.apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, freeze_vision=cfg.freeze_vision)
-    elif cfg.beta:  # frozen: bfloat16 is enough on a GPU (half the memory of float32 master weights)
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        if accelerator.device.type == "cuda" and cfg.dtype == "auto":
-            ref_model.to(torch.bfloat16)
+    elif cfg.beta:  # copied before sharding: a copy of a ZeRO-3-partitioned model has empty weights
+        ref_model = copy.deepcopy(model)
     if cfg.gradient_checkpointing:
         qwen_vl.enable_gradient_checkpointing(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    policy = accelerator.unwrap_model(model)
 
-    # FSDP / DeepSpeed shard weights and optimizer state: checkpoints then hold the gathered full
-    # weights (loadable with from_pretrained) but no optimizer state, so such runs cannot resume yet.
-    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    def make_optimizer(params):
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    model = parallel.prepare(model, make_optimizer, max_grad_norm=cfg.max_grad_norm)
+    if ref_model is not None:
+        ref_model = parallel.prepare_reference(ref_model)
+    policy = parallel.policy
+    layout = gather_object(parallel.describe())
+    parallel.print(f"training on {layout[0]['world_size']} process(es), {cfg.distributed} ({layout[0]['engine']}, "
+                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']})")
+
     counters, start = Counters(), 0
     checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None and sharded:
-        raise NotImplementedError(f"--resume under {accelerator.distributed_type.value}: the optimizer state is sharded and "
-                                  "checkpoints do not hold it yet (resume works on one process and under DDP)")
     if checkpoint is not None:
         check_resume_config(checkpoint, cfg)
-        state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), optimizer)
+        if parallel.sharded:
+            parallel.load_sharded(checkpoint)
+            state = load_checkpoint(checkpoint, None, None, rank=parallel.rank)
+        else:
+            state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), parallel.optimizer, rank=parallel.rank)
         start = state["step"]
         counters = Counters(**state["counters"])
-        accelerator.print(f"resumed from {checkpoint} at step {start}")
+        parallel.print(f"resumed from {checkpoint} at step {start}")
     engine = make_engine(cfg, policy, processor, model_path)
-    logger = RunLogger(out) if accelerator.is_main_process else None
-    if accelerator.is_main_process:
+    logger = RunLogger(out) if parallel.is_main else None
+    if parallel.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+        # What actually ran, read off the wrapped model on every process (tests check it).
+        (out / "layout.json").write_text(json.dumps(layout, indent=1))
+        logger.event(start, "layout", json.dumps(layout[0]))
 
     def load_frames(example):
         return sample_frames(
@@ -485,33 +456,43 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
         )
 
+    def save(done: int) -> None:
+        """checkpoint-DONE: every process writes its shards and RNG; the main process the rest, then renames."""
+        full_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
+        tmp = begin_checkpoint(out, done) if parallel.is_main else None
+        tmp = Path(gather_object(str(tmp) if tmp else None)[0])
+        if parallel.sharded:
+            parallel.save_sharded(tmp)
+        save_rng(tmp, parallel.rank)
+        parallel.barrier()
+        if parallel.is_main:
+            state = {"counters": vars(counters), "config": cfg.to_dict(), "world_size": parallel.world}
+            commit_checkpoint(tmp, done, policy, processor, None if parallel.sharded else parallel.optimizer, state,
+                              cfg.keep_last, model_state=full_state)
+        parallel.barrier()
+
     def end_of_step(done: int) -> None:
         """Checkpoint every save_every steps and at the end (skipped steps included), in step."""
         if done % cfg.save_every == 0 or done == cfg.total_steps:
-            full_state = accelerator.get_state_dict(model) if sharded else None  # collective: every process
-            if accelerator.is_main_process:
-                save_checkpoint(out, done, policy, processor, None if sharded else optimizer,
-                                {"counters": vars(counters), "config": cfg.to_dict()}, cfg.keep_last, model_state=full_state)
-        accelerator.wait_for_everyone()
+            save(done)
 
     end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
-    bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not accelerator.is_main_process)
+    bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not parallel.is_main)
     for step in bar:
         t0 = time.perf_counter()
         stage = cfg.stage_at(step)
         cot = stage["mode"] == COT
-        for group_ in optimizer.param_groups:
-            group_["lr"] = lr_at(cfg, step)
+        parallel.set_lr(lr_at(cfg, step))
         faults = Counters()  # this process's faults in this step
 
         # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
-        slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), accelerator.process_index, accelerator.num_processes)
+        slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), parallel.rank, parallel.world)
         model.eval()
         groups, group_slots, events = [], [], []
         for slot, index in slots:
             try:  # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU)
-                with torch.no_grad(), accelerator.autocast():
-                    groups.append(rollout(cfg, engine, processor, accelerator.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+                with torch.no_grad(), parallel.autocast(), parallel.generation():
+                    groups.append(rollout(cfg, engine, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
                 group_slots.append(slot)
             except (FileNotFoundError, VideoDecodeError) as err:
                 faults.bad_videos += 1
@@ -520,9 +501,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
 
         # A process without a usable group cannot take part in the step's gradient exchange:
         # then no process updates (decided on gathered counts, so all agree).
-        group_counts = gather_object([len(groups)])
+        group_counts = gather_object(len(groups))
         if min(group_counts) == 0:
-            reports = gather_object([{"faults": faults.faults(), "events": events}])
+            reports = gather_object({"faults": faults.faults(), "events": events})
             counters.add([r["faults"] for r in reports])
             counters.skipped_steps += 1
             if logger:
@@ -539,7 +520,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
 
         # 4. loss and optimizer step, then the sampler gets the new weights
         model.train()
-        update_log, applied = update(cfg, model, ref_model, optimizer, groups, adv, accelerator, pad_id)
+        update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id)
         if applied:
             engine.push_weights(policy)
 
@@ -549,7 +530,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
             "groups": group_logs(group_slots, groups, task, fmt_scores, scores, adv),
         }
-        reports = gather_object([report])
+        reports = gather_object(report)
         counters.add([r["faults"] for r in reports])
         if logger:
             for kind, message in [e for r in reports for e in r["events"]]:
@@ -581,6 +562,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
 
         end_of_step(step + 1)
 
+    # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
+    final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
+    if parallel.is_main:
+        export_model(out / "final-model", policy, processor, final_state)
     if logger:
         logger.close()
+    parallel.close()
     return out

@@ -1,0 +1,397 @@
+"""How the trainer runs on 1..N processes: one config key, ``distributed``, and the engine behind it.
+
+    distributed: ddp | fsdp | zero2 | zero3 | zero3_offload
+
+- ``ddp``: PyTorch DistributedDataParallel (on one process, the plain model).
+- ``fsdp``: PyTorch FSDP2 (``fully_shard``) on every block the model family lists as unsplittable
+  (Qwen2.5-VL: each decoder layer and each vision block), then on the root.
+- ``zero2`` / ``zero3`` / ``zero3_offload``: DeepSpeed ZeRO (optimizer state and gradients sharded;
+  ZeRO-3 also the weights; ``_offload`` keeps weights and optimizer state in CPU memory).
+
+``tempsamp train RECIPE distributed=fsdp --num-processes N`` starts N processes with torchrun, on
+GPUs (NCCL) and on a CPU (gloo) alike; several nodes: ``torchrun --nnodes ... -m tempsamp train``.
+
+Why FSDP2 and DeepSpeed are driven here directly (as torchtune and verl do) rather than through
+accelerate: accelerate 1.15 enables FSDP and DeepSpeed only on GPU-like devices, so on a CPU its
+launcher silently ran one process, N independent processes, or plain DDP
+(docs/scaling.md). Driven directly, the code the CPU tests run is the code a GPU run runs.
+
+The loop talks to a ``Parallel`` only: ``prepare`` (wrap model and optimizer), ``micro_batch`` /
+``backward`` / ``step`` (gradient accumulation over a process's groups, one optimizer step),
+collectives on plain numbers and objects, and ``save`` / ``load`` of the sharded state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+MODES = ("ddp", "fsdp", "zero2", "zero3", "zero3_offload")
+ZERO_STAGE = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Parallel:
+    """One process's view of the run: its rank, device, and the engine that shards the model."""
+
+    def __init__(self, mode: str = "ddp", *, bf16: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"distributed: {mode!r} is not one of {', '.join(MODES)}")
+        self.mode = mode
+        self.bf16 = bf16  # GPU mixed precision: bf16 compute, float32 master weights and reductions
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", self.local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        self.backend = "nccl" if cuda else "gloo"
+        if mode in ZERO_STAGE:
+            os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
+        # Sharding needs a process group even on one process (FSDP over 1 rank, ZeRO on 1 GPU).
+        if (self.world > 1 or mode != "ddp") and not dist.is_initialized():
+            for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+                os.environ.setdefault(key, value)
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            dist.init_process_group(self.backend, device_id=self.device if cuda else None)
+        self.model = self.optimizer = self.engine = None
+
+    # ------------------------------------------------------------------ who and where
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_initialized()
+
+    @property
+    def zero(self) -> bool:
+        return self.mode in ZERO_STAGE
+
+    def print(self, *args) -> None:
+        if self.is_main:
+            print(*args, flush=True)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ collectives on plain values
+
+    def sum(self, value: float) -> float:
+        if not self.distributed:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def gather_object(self, obj) -> list:
+        """Every process's ``obj``, in rank order, on every process."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    # ------------------------------------------------------------------ wrapping
+
+    def prepare(self, model, make_optimizer, *, max_grad_norm: float):
+        """Wrap ``model`` for this mode; ``make_optimizer(params)`` builds the torch optimizer.
+
+        Returns the model to call forward on. ``self.policy`` is the model to generate with, to save
+        and to read weights from (the peft or transformers model, not a wrapper).
+        """
+        self.max_grad_norm = max_grad_norm
+        model.to(self.device)
+        if self.mode == "fsdp":
+            self._fully_shard(model, mixed=self.bf16)
+            self.model = self.policy = model
+            self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        elif self.zero:
+            import deepspeed
+
+            config = self.deepspeed_config(max_grad_norm, lr=None)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if self.mode == "zero3_offload":
+                # ZeRO-Offload steps on the CPU with DeepSpeed's own Adam (a torch optimizer is refused).
+                probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
+                group = probe.param_groups[0]
+                config["optimizer"] = {"type": "AdamW", "params": {"lr": group["lr"], "betas": list(group["betas"]),
+                                                                   "eps": group["eps"], "weight_decay": group["weight_decay"]}}
+                self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
+            else:
+                self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(trainable), config=config)
+            self.model, self.policy = self.engine, self.engine.module
+        else:
+            self.policy = model
+            self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+            if self.world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = model
+        return self.model
+
+    def prepare_reference(self, ref_model):
+        """The frozen reference of full fine-tuning, sharded like the policy (a plain copy under DDP / ZeRO-2).
+
+        Built from a copy taken *before* the policy was sharded: ``copy.deepcopy`` of a ZeRO-3
+        model gives empty parameters. On a GPU its weights are bf16 (it is never updated).
+        """
+        ref_model.eval().requires_grad_(False)
+        if self.device.type == "cuda" and self.bf16:
+            ref_model.to(torch.bfloat16)
+        ref_model.to(self.device)
+        if self.mode == "fsdp":
+            self._fully_shard(ref_model, mixed=False)
+        elif self.mode in ("zero3", "zero3_offload"):
+            import deepspeed
+
+            config = self.deepspeed_config(0.0, lr=None)
+            config["zero_optimization"].pop("offload_optimizer", None)
+            engine, *_ = deepspeed.initialize(model=ref_model, config=config)
+            engine.eval()
+            return engine.module
+        return ref_model
+
+    def _fully_shard(self, model, *, mixed: bool) -> None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+        mesh = dist.device_mesh.init_device_mesh(self.device.type, (self.world,))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+        blocks = set(getattr(_transformers_model(model), "_no_split_modules", None) or [])
+        if not blocks:
+            raise ValueError(f"fsdp: {type(model).__name__} lists no _no_split_modules to shard by")
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        # generate() reaches the embeddings and the vision tower outside FSDP's forward: without
+        # this the root's parameters stay sharded there ("mixed torch.Tensor and DTensor").
+        register_fsdp_forward_method(model, "generate")
+
+    def deepspeed_config(self, max_grad_norm: float, lr) -> dict:
+        stage = ZERO_STAGE[self.mode]
+        zero: dict = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
+        if stage == 3:
+            # the exported weights are gathered from the shards at save time
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if self.mode == "zero3_offload":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
+        return {
+            # The loop accumulates over its groups itself (micro_batch sets the boundary) and steps
+            # once per optimizer step; these two numbers only satisfy DeepSpeed's batch arithmetic.
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": float(max_grad_norm or 0.0),
+            "bf16": {"enabled": bool(self.bf16)},
+            "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    # ------------------------------------------------------------------ one optimizer step
+
+    @contextlib.contextmanager
+    def micro_batch(self, last: bool):
+        """Gradient accumulation over a process's groups: gradients are exchanged on the last only."""
+        if self.zero:
+            self.engine.set_gradient_accumulation_boundary(last)
+            yield
+        elif self.mode == "fsdp":
+            self.model.set_requires_gradient_sync(last)
+            yield
+        elif self.world > 1 and not last:
+            with self.model.no_sync():
+                yield
+        else:
+            yield
+
+    def backward(self, loss) -> None:
+        if self.zero:
+            self.engine.backward(loss)
+        else:
+            loss.backward()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def zero_grad(self) -> None:
+        if self.zero:
+            self.engine.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, loss_finite: bool) -> bool:
+        """Clip and apply the accumulated gradients unless they (or the loss) are not finite anywhere.
+
+        The decision is collective, so all processes skip together. Under DeepSpeed the engine
+        clips (``gradient_clipping``) and skips a step with a non-finite gradient norm itself;
+        its verdict (``was_step_applied``) is the step's.
+        """
+        if self.zero:
+            self.engine.step()
+            applied = self.engine.was_step_applied()
+            bad = self.sum(float(not (loss_finite and applied)))
+            return bad == 0 and applied
+        local_ok = loss_finite and all(bool(torch.isfinite(_local(p.grad)).all()) for p in self.model.parameters() if p.grad is not None)
+        if self.sum(float(not local_ok)) > 0:
+            self.zero_grad()
+            return False
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.max_grad_norm)
+        self.optimizer.step()
+        return True
+
+    def autocast(self):
+        """bf16 compute for DDP / one GPU (FSDP and DeepSpeed cast by their own precision settings)."""
+        if self.bf16 and self.mode == "ddp" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def generation(self):
+        """Around rollouts: ZeRO-3 gathers the whole model once instead of once per decoded token."""
+        if self.mode in ("zero3", "zero3_offload"):
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.policy.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ what actually ran
+
+    def describe(self) -> dict:
+        """The run's real layout, read off the wrapped model (not the config): world size, engine and
+        the share of the trainable parameters (and optimizer state) this process holds."""
+        trainable = [p for p in self.policy.parameters() if p.requires_grad] if self.policy is not None else []
+        total = sum(_full_numel(p) for p in trainable)
+        local = sum(_local_numel(p) for p in trainable)
+        if self.zero:
+            opt_local = _zero_optimizer_numel(self.optimizer)
+        else:  # the elements this process's optimizer steps (and keeps Adam moments of)
+            opt_local = sum(_local(p).numel() for g in self.optimizer.param_groups for p in g["params"])
+        engine = {"ddp": "DistributedDataParallel" if self.world > 1 else "single process", "fsdp": "FSDP2 fully_shard"}.get(
+            self.mode, f"DeepSpeed ZeRO-{ZERO_STAGE.get(self.mode)}")
+        return {
+            "world_size": dist.get_world_size() if self.distributed else 1,
+            "rank": self.rank,
+            "distributed": self.mode,
+            "engine": engine + (" (CPU offload)" if self.mode == "zero3_offload" else ""),
+            "backend": dist.get_backend() if self.distributed else None,
+            "device": str(self.device),
+            "trainable_params": total,
+            "local_trainable_params": local,
+            "local_optimizer_params": opt_local,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def full_state_dict(self) -> dict | None:
+        """The whole model's weights on the main process (CPU tensors), None elsewhere. Collective.
+
+        A tied weight appears once (the output head tied to the embedding is left out), as
+        ``save_pretrained`` writes it; gathered copies no longer share storage to show the tie.
+        """
+        state = self._gather_state_dict()
+        if state is None:
+            return None
+        seen, tied = set(), set()
+        for name, parameter in self.policy.named_parameters(remove_duplicate=False):
+            if id(parameter) in seen:
+                tied.add(name)
+            seen.add(id(parameter))
+        return {k: v for k, v in state.items() if k not in tied}
+
+    def _gather_state_dict(self) -> dict | None:
+        if self.mode == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return state if self.is_main else None
+        if self.mode in ("zero3", "zero3_offload"):
+            state = self.engine._zero3_consolidated_16bit_state_dict()  # gathers one module at a time
+            return {k: v.cpu() for k, v in state.items()} if self.is_main else None
+        if not self.is_main:
+            return None
+        return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+
+    def save_sharded(self, folder: Path) -> None:
+        """Model and optimizer state as this mode holds them (each process writes its shard). Collective."""
+        if self.mode == "fsdp":
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_state, optim_state = get_state_dict(self.model, self.optimizer)
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(folder / "fsdp"))
+        elif self.zero:
+            self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+        else:
+            raise ValueError(f"save_sharded: {self.mode} keeps no sharded state")
+
+    def load_sharded(self, folder: Path) -> None:
+        if self.mode == "fsdp":
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            model_state, optim_state = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_state, "optimizer": optim_state}
+            dcp.load(state, checkpoint_id=str(folder / "fsdp"))
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        elif self.zero:
+            path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+            if path is None:
+                raise FileNotFoundError(f"{folder / 'deepspeed'}: no DeepSpeed checkpoint")
+        else:
+            raise ValueError(f"load_sharded: {self.mode} keeps no sharded state")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the optimizer state lives in shards (checkpoints then hold ``fsdp/`` or ``deepspeed/``)."""
+        return self.mode != "ddp"
+
+
+def _transformers_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full_numel(p) -> int:
+    return int(p.ds_numel) if hasattr(p, "ds_numel") else p.numel()  # ZeRO-3 partitions to numel 0
+
+
+def _local_numel(p) -> int:
+    if hasattr(p, "ds_tensor"):  # ZeRO-3: this process's partition
+        return int(p.ds_tensor.numel())
+    return _local(p).numel()
+
+
+def _zero_optimizer_numel(optimizer) -> int:
+    """Elements of float32 master weights this process's ZeRO optimizer holds (its partition)."""
+    groups = getattr(optimizer, "single_partition_of_fp32_groups", None)  # ZeRO-1/2
+    if groups is None:
+        groups = getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+    return int(sum(t.numel() for t in groups or []))
