@@ -9,9 +9,9 @@ from tempsamp.train.logger import read_metrics
 PANELS = [
     ("reward", ["reward/raw", "reward/shaped", "reward/offpolicy"]),
     ("iou", ["iou/top1_onpolicy", "iou/mean_onpolicy"]),
-    ("advantage", ["adv/offpolicy", "adv/frac_onpolicy_negative"]),
+    ("advantage", ["adv/offpolicy", "adv/frac_onpolicy_negative", "adv/frac_offpolicy_zero"]),
     ("format", ["format/rate", "parse/failure_rate"]),
-    ("policy", ["loss/kl", "loss/clip_fraction", "policy/entropy"]),
+    ("policy", ["loss/kl", "loss/kl_offpolicy", "loss/clip_fraction", "policy/entropy"]),
     ("length", ["completion/length"]),
     ("speed", ["speed/step_seconds", "speed/tokens_per_second"]),
     ("memory", ["memory/peak_gb"]),
