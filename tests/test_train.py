@@ -150,7 +150,7 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
     real_offpolicy = loop.offpolicy_text
     monkeypatch.setattr(loop, "offpolicy_text", lambda *a: gt_texts.append(real_offpolicy(*a)) or gt_texts[-1])
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", beta=0.04,
-                                                 updates_per_rollout=2, stages=[{"mode": "answer", "steps": 1}]))
+                                                 updates_per_rollout=2, offpolicy_loss="luffy", stages=[{"mode": "answer", "steps": 1}]))
     loop.train(cfg)
     # 2 groups x (reference + old policy + 2 updates)
     assert len(calls) == 8
