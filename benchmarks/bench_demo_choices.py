@@ -121,22 +121,37 @@ def main(argv=None) -> int:
             print(f"| {rule} | {mean_std(v[:, 0])} | {mean_std(v[:, 1])} | {mean_std(v[:, 2])} |")
 
     if "B" in args.part:
+        # the think text the policy *samples* (T = 1) during the CoT stage, on-policy rows only
+        from tempsamp.train import loop
+
+        sampled, real_score = [], loop.score
+
+        def recording_score(cfg, groups, cot, counters):
+            if cot:
+                sampled.append([t for g in groups for t, off in zip(g.texts, g.offpolicy) if not off])
+            return real_score(cfg, groups, cot, counters)
+
+        loop.score = recording_score
         rows = {}
         for think in ("train", "mask"):
             for seed in range(args.seeds):
                 cfg = replace(base, strategy="shaping", gt_think_loss=think, seed=seed, max_new_tokens=size.cot_max_new_tokens,
                               stages=[{"mode": "cot", "steps": args.cot_steps}])
+                sampled.clear()
                 metrics, logs, generations = run(cfg, ("cot",), size.cot_max_new_tokens)
                 stats = think_stats([g["cot"]["text"] for g in generations if "cot" in g])
+                late = think_stats([t for step in sampled[len(sampled) // 2:] for t in step]) if sampled else {}
                 train_format = float(np.mean([r["format/rate"] for r in logs if r.get("format/rate") is not None]))
-                rows.setdefault(think, []).append((metric_key(metrics["cot"], "mIoU"), stats["format_rate"], stats["with_think"],
-                                                   stats["distinct_thinks"], stats["gt_sentence_share"], stats["distinct_2"], train_format))
-                print(f"  B gt_think_loss={think:5s} seed {seed}: CoT mIoU {rows[think][-1][0]:5.1f}  {stats}  "
+                rows.setdefault(think, []).append((metric_key(metrics["cot"], "mIoU"), stats["format_rate"], stats["gt_sentence_share"],
+                                                   late.get("format_rate", np.nan), late.get("distinct_thinks", np.nan),
+                                                   late.get("gt_sentence_share", np.nan), late.get("distinct_2", np.nan)))
+                print(f"  B gt_think_loss={think:5s} seed {seed}: CoT mIoU {rows[think][-1][0]:5.1f}  greedy {stats}  "
+                      f"sampled, 2nd half of the stage ({sum(map(len, sampled[len(sampled) // 2:]))} texts) {late}  "
                       f"training format rate {train_format:.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         print(f"\nB. GT think sentence, {args.seeds} seed(s) x {args.cot_steps} CoT steps (strategy shaping), "
               f"{len(test)} held-out queries, greedy CoT answers (mean ± std over seeds)")
-        print("| gt_think_loss | CoT mIoU | format rate | with a think block | distinct thinks / thinks "
-              "| share = GT sentence | distinct word bigrams | training format rate (sampled) |")
+        print("| gt_think_loss | CoT mIoU (greedy) | format rate (greedy) | = GT sentence (greedy) | format rate (sampled) "
+              "| distinct thinks / thinks (sampled) | = GT sentence (sampled) | distinct word bigrams (sampled) |")
         print("|---|---|---|---|---|---|---|---|")
         for think, values in rows.items():
             v = np.array(values)
