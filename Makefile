@@ -8,9 +8,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# DeepSpeed without prebuilt ops (no CUDA toolkit needed), then its CPU ops compiled once
+# (scripts/prebuild_deepspeed_ops.py), so the sharded tests do not start by compiling.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,deepspeed]'
+	$(BIN)/python scripts/prebuild_deepspeed_ops.py
 	touch $@
 
 demo: $(STAMP)

@@ -80,7 +80,6 @@ def iou_of(text: str) -> float:
 
 def worker_ours(args) -> dict:
     import torch
-    from accelerate import Accelerator
 
     from tempsamp.data.example import Example
     from tempsamp.models import qwen_vl
@@ -88,10 +87,10 @@ def worker_ours(args) -> dict:
     from tempsamp.prompts import prompt_text
     from tempsamp.train import loop
     from tempsamp.train.config import load_config
+    from tempsamp.train.parallel import Parallel
     from tempsamp.train.rollout_engine import TransformersEngine
 
     torch.set_num_threads(1)
-    accelerator = Accelerator(cpu=True)
     model_dir = ensure_tiny_model(spec=tiny_spec(args))
     image, frames = image_and_frames()
     example = Example(qid="q", video_id="v", video_path=None, duration=8.0, query=QUERY, spans=(SPAN,))
@@ -107,7 +106,8 @@ def worker_ours(args) -> dict:
         model, processor = qwen_vl.load_policy(str(model_dir))
         qwen_vl.freeze_vision_tower(model)
         ref_model = __import__("copy").deepcopy(model).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+        parallel = Parallel("ddp")  # one process: the plain model
+        parallel.prepare(model, lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate), max_grad_norm=cfg.max_grad_norm)
         engine = TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0)
         pad_id = qwen_vl.pad_token_id(processor)
         for step in range(args.steps + 1):
@@ -125,7 +125,7 @@ def worker_ours(args) -> dict:
             task, fmt, off, _ = loop.score(cfg, [group], False, loop.Counters())
             adv = loop.advantages(cfg, task, fmt, off)
             model.train()
-            loop.update(cfg, model, ref_model, optimizer, [group], adv, accelerator, pad_id)
+            loop.update(cfg, model, ref_model, [group], adv, parallel, pad_id)
             yield {"step_s": time.perf_counter() - t0, "generate_s": t_generate, "generated_tokens": group.generated_tokens}
 
     def summary(steps: list[dict]) -> dict:

@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "tempsamp.train.cli",
     "tempsamp.evaluation.run_cli",
     "tempsamp.evaluation.score_cli",
+    "tempsamp.evaluation.compare",
+    "tempsamp.evaluation.view",
     "tempsamp.demo",
 ]
 

@@ -122,6 +122,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
 
     runs: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
     curves: dict[str, list[list[dict]]] = {s: [] for s in STRATEGIES}
+    predictions: dict[str, list[Path]] = {s: [] for s in STRATEGIES}  # one file per seed, for `compare`
     log(f"3/5 RL: {len(STRATEGIES)} strategies x {size.seeds} seeds x {size.rl_steps} steps "
         f"({size.queries_per_step} queries x G = {size.num_generations} per step)")
     for seed in range(size.seeds):
@@ -134,6 +135,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
             metrics = evaluate(str(model_dir), test, run_dir / "eval", ("answer",), **eval_kwargs)["answer"]
             runs[strategy].append(metrics)
             curves[strategy].append(read_metrics(run_dir))
+            predictions[strategy].append(run_dir / "eval" / "predictions_answer.jsonl")
             top1 = window_mean(curves[strategy][-1], "iou/top1_onpolicy", first=False)
             log(f"   {strategy:15s} seed {seed}: held-out mIoU {metric_key(metrics, 'mIoU'):5.1f}  "
                 f"R1@0.5 {metric_key(metrics, 'R1@0.5'):5.1f}  top-1 on-policy IoU (last 5 steps) {top1:.2f}")
@@ -142,6 +144,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
     best = max(STRATEGIES[1:], key=lambda s: means[s])
     log(f"4/5 hybrid CoT on the best off-policy strategy ({best}): {size.rl_steps} answer + {size.cot_steps} CoT steps")
     cot_runs = []
+    hybrid: dict[str, list[Path]] = {m: [] for m in HYBRID_MODES}  # the hybrid runs' predictions per mode
     for seed in range(size.seeds):
         cfg = replace(base, strategy=best, seed=seed, max_new_tokens=size.cot_max_new_tokens,
                       stages=[{"mode": "answer", "steps": size.rl_steps}, {"mode": "cot", "steps": size.cot_steps}])
@@ -151,6 +154,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
         model_dir = run_dir / f"checkpoint-{cfg.total_steps}" / "model"
         cot_runs.append(evaluate(str(model_dir), test, run_dir / "eval", ("answer", "cot", "mixed", "mixed-oracle"),
                                  **dict(eval_kwargs, max_new_tokens=size.cot_max_new_tokens)))
+        for mode in HYBRID_MODES:
+            hybrid[mode].append(run_dir / "eval" / f"predictions_{mode}.jsonl")
         log(f"   seed {seed}: " + "  ".join(f"{m} mIoU {metric_key(cot_runs[-1][m], 'mIoU'):.1f}" for m in cot_runs[-1]))
 
     log("5/5 report")
@@ -158,7 +163,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
     setup = {"size": asdict(size), "synthetic data": SYNTH_KNOBS, "frame pixels": FRAME_PIXELS, "fps": video.fps,
              "RL learning rate": RL_LEARNING_RATE, "beta (KL)": base.beta, "temperature": base.temperature,
              "start model": str(start), "work folder": str(work)}
-    write_report(out, size, start_metrics, runs, curves, best, cot_runs, minutes, setup)
+    write_report(out, size, start_metrics, runs, curves, best, cot_runs, minutes, setup,
+                 significance=strategy_significance(predictions, test, hybrid=hybrid))
     log(f"done in {minutes:.1f} min: {out / 'report.md'}")
     return out
 
@@ -175,8 +181,38 @@ def window_mean(run: list[dict], key: str, first: bool, n: int = 5) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def verdict(runs: dict, curves: dict) -> dict:
-    """The paper's two claims, read off this run's numbers (pure: unit-tested on made-up numbers)."""
+# Strategy pairs the report tests (higher in the paper's order first): the paper's ordering, then
+# every GT-guided strategy against GRPO.
+SIGNIFICANCE_PAIRS = (("shaping", "anchor"), ("anchor", "reward_scaling"), ("reward_scaling", "grpo"),
+                      ("anchor", "grpo"), ("shaping", "grpo"))
+
+
+# The hybrid CoT model's deployable modes against its answer-only mode (the paper's mixed > answer).
+HYBRID_MODES = ("answer", "cot", "mixed")
+HYBRID_PAIRS = (("cot", "answer"), ("mixed", "answer"))
+
+
+def strategy_significance(predictions: dict, examples: list, n_boot: int = 10000, hybrid: dict | None = None) -> list[dict]:
+    """``tempsamp compare`` on each pair of SIGNIFICANCE_PAIRS (and, given the hybrid runs' files per
+    mode, HYBRID_PAIRS): (first) - (second) per metric, with a paired bootstrap over the held-out
+    queries and the seeds (tempsamp.evaluation.compare)."""
+    from tempsamp.evaluation.compare import compare
+
+    jobs = [([better, worse], predictions[better], predictions[worse]) for better, worse in SIGNIFICANCE_PAIRS]
+    if hybrid:
+        jobs += [([f"hybrid {a}", f"hybrid {b}"], hybrid[a], hybrid[b]) for a, b in HYBRID_PAIRS]
+    out = []
+    for pair, first, second in jobs:
+        result = compare(second, first, examples=examples, n_boot=n_boot)
+        out.append({"pair": pair, "n_queries": result["n_queries"], "seeds": result["seeds"], "metrics": result["metrics"]})
+    return out
+
+
+def verdict(runs: dict, curves: dict, significance: list | None = None) -> dict:
+    """The paper's two claims, read off this run's numbers (pure: unit-tested on made-up numbers).
+
+    With ``significance`` (strategy_significance), "resolved" means the bootstrap 95% interval of each
+    mIoU gap excludes 0; without it, that each gap exceeds the largest seed-to-seed std."""
     means = {s: float(np.mean([metric_key(r, "mIoU") for r in runs[s]])) for s in STRATEGIES}
     spread = max(float(np.std([metric_key(r, "mIoU") for r in runs[s]])) for s in STRATEGIES)
     order = sorted(STRATEGIES, key=lambda s: -means[s])
@@ -189,22 +225,55 @@ def verdict(runs: dict, curves: dict) -> dict:
         "observed_order": order,
         "order_holds": all(means[a] >= means[b] for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:])),
         # within one seed-to-seed std of each other, an ordering is not evidence either way
-        "order_resolved": all(abs(means[a] - means[b]) > spread for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:])),
+        "order_resolved": (all(_significant(significance, a, b) for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:]))
+                           if significance else
+                           all(abs(means[a] - means[b]) > spread for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:]))),
         "top1_first_last": top1,
         "guided_top1_above_0.6": all(top1[s][1] > 0.6 for s in guided),
         "grpo_top1_below_0.6": top1["grpo"][1] <= 0.6,
         "guided_beats_grpo": all(means[s] > means["grpo"] for s in guided),
+        "guided_beats_grpo_significantly": (all(_significant(significance, s, "grpo") and means[s] > means["grpo"]
+                                                for s in guided) if significance else None),
     }
 
 
+def _significant(significance: list, a: str, b: str, metric: str = "mIoU") -> bool:
+    """Whether the a-vs-b mIoU gap's 95% interval excludes 0 (either sign)."""
+    for entry in significance:
+        if set(entry["pair"]) == {a, b}:
+            return bool(entry["metrics"][metric]["significant"])
+    raise KeyError(f"no significance test for {a} vs {b}")
+
+
+def significance_lines(significance: list) -> list[str]:
+    """The report's table of strategy differences (B - A, 95% interval, p) and how to read it."""
+    if not significance:
+        return []
+    first = significance[0]
+    lines = ["## Which differences are significant?", "",
+             f"`tempsamp compare` on the held-out predictions: difference in points (first minus second), paired "
+             f"bootstrap over the {first['n_queries']} queries"
+             + (f" and the {first['seeds'][0]} seeds of each side" if max(first["seeds"]) > 1 else "")
+             + " (10000 replicates); **bold** = the 95% interval excludes 0.", "",
+             "| comparison | mIoU difference [95% interval], p | R1@0.5 difference [95% interval], p |", "|---|---|---|"]
+    for entry in significance:
+        cells = []
+        for metric in ("mIoU", "R1@0.5"):
+            r = entry["metrics"][metric]
+            text = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.3f}"
+            cells.append(f"**{text}**" if r["significant"] else text)
+        lines.append(f"| {entry['pair'][0]} - {entry['pair'][1]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dict, best: str, cot_runs: list,
-                 minutes: float, setup: dict | None = None) -> dict:
+                 minutes: float, setup: dict | None = None, significance: list | None = None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    v = verdict(runs, curves)
+    v = verdict(runs, curves, significance)
     rows = ["| configuration | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     rows.append("| start model (supervised) | " + " | ".join(f"{metric_key(start, m):.1f}" for m in METRICS) + " |")
     for s in STRATEGIES:
@@ -232,10 +301,17 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
         plt.close(fig)
 
     top1 = v["top1_first_last"]
-    seeds_note = (f"largest seed-to-seed std {v['largest_std']:.1f} mIoU points; "
-                  + ("every gap in the paper's order is larger than that." if v["order_resolved"]
-                     else "some gaps are smaller than that, so that part of the ordering is noise, not evidence.")
-                  if size.seeds > 1 else "one seed, so no spread is measured: read the ordering as anecdote.")
+    if significance:
+        seeds_note = ("every gap in the paper's order is significant (bootstrap 95% interval excludes 0)."
+                      if v["order_resolved"] else
+                      "not every gap in the paper's order is significant (see the table below), so that part of the "
+                      "ordering is noise, not evidence.")
+    else:
+        seeds_note = (f"largest seed-to-seed std {v['largest_std']:.1f} mIoU points; "
+                      + ("every gap in the paper's order is larger than that." if v["order_resolved"]
+                         else "some gaps are smaller than that, so that part of the ordering is noise, not evidence.")
+                      if size.seeds > 1 else "one seed, so no spread is measured: read the ordering as anecdote.")
+    guided_significant = v.get("guided_beats_grpo_significantly")
     lines = [
         "# TempSamp-R1 in miniature", "",
         f"{size.n_videos} synthetic videos (20 s, one object on screen for 2-6 s; the query names it). "
@@ -248,7 +324,9 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
         f"- Ordering shaping >= anchoring >= scaling >= GRPO, by mean mIoU: **{'holds' if v['order_holds'] else 'does not hold'}**. "
         f"Observed: {' > '.join(v['observed_order'])}; {seeds_note}",
         f"- Off-policy guidance beats plain GRPO (every GT-guided strategy above GRPO in mean mIoU): "
-        f"**{'yes' if v['guided_beats_grpo'] else 'no'}**.",
+        f"**{'yes' if v['guided_beats_grpo'] else 'no'}**"
+        + ("" if guided_significant is None else
+           f"; significantly for every one of them: **{'yes' if guided_significant else 'no'}**") + ".",
         "- Top-1 on-policy IoU, first 5 -> last 5 RL steps: "
         + ", ".join(f"{s} {top1[s][0]:.2f} -> {top1[s][1]:.2f}" for s in STRATEGIES) + ". "
         f"The paper: above 0.6 with off-policy guidance (**{'yes' if v['guided_top1_above_0.6'] else 'no'}** here) "
@@ -262,13 +340,15 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
         "strategy sees the same queries at the same step, so the curves move together with the queries' difficulty. "
         "Nothing was tuned per strategy.",
         "",
+        *significance_lines(significance),
         "## Set-up", "",
         *[f"- {k}: `{val}`" for k, val in (setup or {}).items()], "",
         "Curves: `reward.png`, `top1_iou.png`. Per-run logs (TensorBoard, metrics.jsonl) and evaluations: the work folder.",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"start": start, "runs": runs, "best": best, "cot": cot_runs,
-                                                  "minutes": minutes, "verdict": v, "setup": setup}, indent=1, default=float))
+                                                  "minutes": minutes, "verdict": v, "setup": setup,
+                                                  "significance": significance}, indent=1, default=float))
     return v
 
 

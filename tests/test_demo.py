@@ -55,3 +55,39 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
     marker = (tmp_path / "work" / "start-model" / "tempsamp_sft.json").stat().st_mtime_ns
     run_demo(tmp_path / "report", work_dir=tmp_path / "work", size=size)
     assert (tmp_path / "work" / "start-model" / "tempsamp_sft.json").stat().st_mtime_ns == marker
+
+
+def test_report_states_which_strategy_differences_are_significant(tmp_path):
+    from tempsamp.data.readers import load_examples
+    from tempsamp.demo import QUICK, strategy_significance, write_report
+
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text("".join(json.dumps({"video": f"v{i}.mp4", "duration": 20.0, "query": "q", "spans": [[4, 8]]}) + "\n"
+                          for i in range(40)))
+    examples = load_examples(gt, "jsonl")
+    exact = {"shaping": (35, 36), "anchor": (34, 35), "reward_scaling": (20, 21), "grpo": (5, 6)}  # per seed
+    predictions = {}
+    for strategy, per_seed in exact.items():
+        predictions[strategy] = []
+        for seed, good in enumerate(per_seed):
+            path = tmp_path / f"{strategy}-{seed}.jsonl"
+            path.write_text("".join(json.dumps({"qid": ex.qid, "pred_span": [4, 8] if i < good else [12, 16]}) + "\n"
+                                    for i, ex in enumerate(examples)))
+            predictions[strategy].append(path)
+    hybrid = {"answer": predictions["anchor"], "cot": predictions["grpo"], "mixed": predictions["shaping"]}
+    significance = strategy_significance(predictions, examples, n_boot=2000, hybrid=hybrid)
+    by_pair = {tuple(e["pair"]): e["metrics"]["mIoU"] for e in significance}
+    assert by_pair[("shaping", "anchor")]["diff"] == pytest.approx(100 * 2 / 80)
+    assert not by_pair[("shaping", "anchor")]["significant"]
+    assert by_pair[("anchor", "reward_scaling")]["significant"] and by_pair[("reward_scaling", "grpo")]["significant"]
+
+    runs, curves = fake({s: [100 * g / 40 for g in exact[s]] for s in STRATEGIES}, {s: [(0.5, 0.7)] * 2 for s in STRATEGIES})
+    cot = [{m: runs["shaping"][0] for m in ("answer", "cot", "mixed", "mixed-oracle")}]
+    v = write_report(tmp_path, QUICK, runs["grpo"][0], runs, curves, "shaping", cot, 1.0, {}, significance=significance)
+    assert v["order_holds"] and not v["order_resolved"]  # shaping > anchor by 2.5 points, inside the interval
+    assert v["guided_beats_grpo_significantly"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Which differences are significant?" in report
+    assert "| shaping - anchor | +2.5 [" in report and "| reward_scaling - grpo | **+" in report
+    assert "not every gap in the paper's order is significant" in report
+    assert "| hybrid cot - hybrid answer | **-" in report and "| hybrid mixed - hybrid answer | +2.5 [" in report

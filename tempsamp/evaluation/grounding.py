@@ -12,7 +12,10 @@ Other evaluators' conventions, each a keyword (and a ``tempsamp score grounding`
   - ``strict=True``: R1@m counts IoU > m (an IoU exactly at the threshold is a miss).
   - ``clip_gt=True``: ground-truth spans are clipped to [0, duration] first (needs ``durations``);
     562 of the 3720 Charades-STA test ends lie past the video's end.
-  - ``iou_decimals=2``: IoU rounded to 2 decimals before thresholds and the mean.
+  - ``iou_decimals=2``: IoU rounded to 2 decimals (numpy's round-half-even on the binary float)
+    before thresholds and the mean.
+Peers' conventions as a whole (their parser, rounding and treatment of missing queries):
+``tempsamp.evaluation.conventions`` (``tempsamp score grounding --convention timezero|vtimellm``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ def grounding_metrics(pred, gt, *, thresholds=THRESHOLDS, strict: bool = False, 
     keeps full precision.
     """
     iou = grounding_ious(pred, gt, durations=durations, clip_gt=clip_gt, iou_decimals=iou_decimals)
+    return metrics_from_ious(iou, thresholds=thresholds, strict=strict, decimals=decimals)
+
+
+def metrics_from_ious(iou, *, thresholds=THRESHOLDS, strict: bool = False, decimals: int | None = 2) -> dict:
+    """{"R1@m"..., "mIoU", "n"} in percent from per-query IoUs (every entry is in the denominator)."""
+    iou = np.asarray(iou, dtype=np.float64).reshape(-1)
     n = len(iou)
 
     def percent(fraction: float) -> float:

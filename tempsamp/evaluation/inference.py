@@ -45,12 +45,14 @@ class VideoSettings:
     max_pixels: int = 256 * 28 * 28
     total_pixels: int = 3584 * 28 * 28
     cache_dir: str | None = None
+    frame_sampling: str = "exact"  # exact (frames at k / fps s) | qwen (qwen-vl-utils' count, indices, sizes)
 
     def load(self, path):
         from tempsamp.video.cache import sample_frames
 
         return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
-                             max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir)
+                             max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir,
+                             frame_sampling=self.frame_sampling)
 
 
 def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
@@ -318,6 +320,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress)
     seconds = time.perf_counter() - t0
 
+    write_queries(out_dir / "queries.jsonl", examples)
     task = examples[0].task if examples else "grounding"
     results = {}
     for mode in modes:
@@ -336,12 +339,20 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
         results[mode] = metrics
     setup = {"model": str(model_path), "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
              "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
+             "frame_sampling": video.frame_sampling,
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,
              "prompt_answer": prompt_text("{query}", ANSWER, duration=0.0, task=task),
              "prompt_cot": prompt_text("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))
     return results
+
+
+def write_queries(path: Path, examples: list[Example]) -> None:
+    """The queries an eval folder was made on (ground truth, video paths), so `tempsamp view` needs nothing else."""
+    path.write_text("".join(json.dumps({"qid": ex.qid, "vid": ex.video_id, "video_path": ex.video_path,
+                                        "duration": ex.duration, "query": ex.query, "spans": [list(s) for s in ex.spans],
+                                        "task": ex.task}) + "\n" for ex in examples))
 
 
 def score_predictions(task: str, lines: list[dict], examples: list[Example]) -> dict:
@@ -355,7 +366,11 @@ def score_predictions(task: str, lines: list[dict], examples: list[Example]) -> 
 
     pred = np.array([line["pred_span"] if line["pred_span"] else [np.nan, np.nan] for line in lines], dtype=float).reshape(-1, 2)
     gt = np.array([ex.span for ex in examples], dtype=float).reshape(-1, 2)
-    return grounding_metrics(pred, gt)
+    metrics = grounding_metrics(pred, gt)
+    # peers' conventions: `tempsamp score grounding --convention timezero|vtimellm` on predictions_<mode>.jsonl
+    metrics["convention"] = ("tempsamp (docs/evaluation.md): IoU >= m; unparsable answers and unreadable videos "
+                             "are IoU 0 in the denominator")
+    return metrics
 
 
 def _qvh_gt(ex: Example) -> dict:

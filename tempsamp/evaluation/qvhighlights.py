@@ -376,6 +376,13 @@ def saliency_average_precision(labels: np.ndarray, scores: np.ndarray, valid: np
 
 def eval_highlight(lines: list[dict | None], ground_truth: list[dict], *, sources=None, gt_sources=None) -> dict:
     """{"HL-min-Fair"|"HL-min-Good"|"HL-min-VeryGood": {"HL-mAP", "HL-Hit1"}} for aligned lines."""
+    ap, hit = _highlight_per_query(lines, ground_truth, sources=sources, gt_sources=gt_sources)
+    return {f"HL-min-{name}": {"HL-mAP": _percent_or_none(ap[:, i]), "HL-Hit1": _percent_or_none(hit[:, i])}
+            for i, name in enumerate(SALIENCY_LEVELS)}
+
+
+def _highlight_per_query(lines, ground_truth, *, sources=None, gt_sources=None):
+    """(AP [Q, level, annotator], HIT@1 [Q, level]) per query."""
     sources = sources or [f"submission[{i}]" for i in range(len(lines))]
     gt_sources = gt_sources or [f"ground_truth[{i}]" for i in range(len(ground_truth))]
     n_clips, gt_scores, for_ap, for_hit, n_values = _pack_highlights(lines, sources, ground_truth, gt_sources)
@@ -390,8 +397,41 @@ def eval_highlight(lines: list[dict | None], ground_truth: list[dict], *, source
     top_clip = np.argmax(for_hit, axis=1)  # the first on ties
     top_in_video = (n_values > 0) & (top_clip < n_clips) & ~missing
     hit = positive[np.arange(n_queries), :, np.minimum(top_clip, width - 1), :].any(axis=-1) & top_in_video[:, None]
-    return {f"HL-min-{name}": {"HL-mAP": _percent_or_none(ap[:, i]), "HL-Hit1": _percent_or_none(hit[:, i])}
-            for i, name in enumerate(SALIENCY_LEVELS)}
+    return ap, hit
+
+
+def per_query_metrics(lines: list[dict | None], ground_truth: list[dict], *, sources=None, gt_sources=None) -> dict:
+    """Per-query values [Q] (fractions) whose means over queries are the brief's full-split metrics:
+    MR-full-mAP (and @0.5, @0.75), MR-full-R1@0.5/0.7, HL-min-VeryGood-mAP / -Hit1. A query without a
+    GT window is NaN in the moment metrics (the official mean leaves it out). Used by `tempsamp compare`."""
+    sources = sources or [f"submission[{i}]" for i in range(len(lines))]
+    gt_sources = gt_sources or [f"ground_truth[{i}]" for i in range(len(ground_truth))]
+    present = [line for line in lines if line is not None]
+    out = {}
+    if any("pred_relevant_windows" in line for line in present):
+        pred, pred_valid, top1, gt, gt_valid = _pack_moments(lines, sources, ground_truth, gt_sources)
+        iou = cross_iou(pred, gt)
+        queries = gt_valid.any(axis=1)
+        tp = _split_true_positives(iou[queries], pred_valid[queries], gt_valid[queries])
+        ap = _interpolated_ap(tp, pred_valid[queries], gt_valid[queries].sum(axis=1))  # [Q', T]
+        top_iou = _top1_iou(top1[queries], gt[queries], gt_valid[queries])
+
+        def full(values):
+            column = np.full(len(lines), np.nan)
+            column[queries] = values
+            return column
+
+        out["MR-full-mAP"] = full(ap.mean(axis=1))
+        out["MR-full-mAP@0.5"] = full(ap[:, IOU_THRESHOLDS.index(0.5)])
+        out["MR-full-mAP@0.75"] = full(ap[:, IOU_THRESHOLDS.index(0.75)])
+        out["MR-full-R1@0.5"] = full((top_iou >= 0.5).astype(float))
+        out["MR-full-R1@0.7"] = full((top_iou >= 0.7).astype(float))
+    if any("pred_saliency_scores" in line for line in present):
+        ap, hit = _highlight_per_query(lines, ground_truth, sources=sources, gt_sources=gt_sources)
+        level = list(SALIENCY_LEVELS).index("VeryGood")
+        out["HL-min-VeryGood-mAP"] = ap[:, level].mean(axis=1)
+        out["HL-min-VeryGood-Hit1"] = hit[:, level].astype(float)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 
 def _video_args(p) -> None:
     p.add_argument("--fps", type=float, default=2.0)
-    p.add_argument("--max-frames", type=int, default=256)
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="frame cap (default: 256 with exact sampling, qwen-vl-utils' 768 with --frame-sampling qwen)")
+    p.add_argument("--frame-sampling", choices=["exact", "qwen"], default="exact",
+                   help="exact: frames at k / fps s (default); qwen: qwen-vl-utils 0.0.14's frame count, indices and "
+                        "sizes (docs/evaluation.md)")
     p.add_argument("--min-pixels", type=int, default=16 * 28 * 28)
     p.add_argument("--max-pixels", type=int, default=256 * 28 * 28)
     p.add_argument("--total-pixels", type=int, default=3584 * 28 * 28)
@@ -30,8 +34,11 @@ def _positive_int(text: str) -> int:
 def _video_settings(args):
     from tempsamp.evaluation.inference import VideoSettings
 
-    return VideoSettings(fps=args.fps, max_frames=args.max_frames, min_pixels=args.min_pixels,
-                         max_pixels=args.max_pixels, total_pixels=args.total_pixels, cache_dir=args.frame_cache)
+    from tempsamp.video.sampling import QWEN_MAX_FRAMES
+
+    max_frames = args.max_frames or (QWEN_MAX_FRAMES if args.frame_sampling == "qwen" else 256)
+    return VideoSettings(fps=args.fps, max_frames=max_frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                         total_pixels=args.total_pixels, cache_dir=args.frame_cache, frame_sampling=args.frame_sampling)
 
 
 def register(sub) -> None:

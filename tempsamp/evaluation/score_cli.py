@@ -25,7 +25,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from tempsamp.evaluation.conventions import CONVENTIONS, MISSING, PARSERS, Convention
 
 
 def read_jsonl(path) -> tuple[list[dict], list[str]]:
@@ -80,49 +85,136 @@ def _refuse_differences(pred_keys, gt_keys, allow_missing: bool) -> list[str]:
     return missing
 
 
-def score_grounding(pred_path, gt_path, dataset: str | None = None, *, durations=None, strict: bool = False,
-                    clip_gt: bool = False, iou_decimals: int | None = None, allow_missing: bool = False) -> dict:
-    """R1@{0.3,0.5,0.7} and mIoU (percent) of a grounding prediction file, with counts and the convention."""
-    import numpy as np
+@dataclass
+class GroundingQueries:
+    """Per ground-truth query: what a prediction file says and how it scores under a convention."""
 
-    from tempsamp.data.readers import load_examples
-    from tempsamp.evaluation.grounding import grounding_metrics
+    examples: list  # tempsamp.data.example.Example, in ground-truth order
+    iou: np.ndarray  # [N] float; NaN where the convention drops the query from the denominator
+    status: list[str]  # per query: "ok" | "unparsed" | "missing" (no line) | "failed" (no answer) | "dropped"
+    spans: np.ndarray  # [N, 2] predicted span in seconds as the convention reads it (NaN: none)
+    answers: list  # raw answer text or None
+    convention: Convention
 
-    examples = load_examples(gt_path, dataset, durations=durations)
-    if not examples:
-        raise ValueError(f"{gt_path}: no queries")
+    @property
+    def kept(self) -> np.ndarray:
+        return ~np.isnan(self.iou)
+
+
+def read_grounding_predictions(pred_path) -> dict[str, dict]:
+    """{qid: {"span", "answer", "vid", "failed", "where"}} of a grounding prediction file (checked)."""
     rows, sources = read_jsonl(pred_path)
-    predictions: dict[str, tuple] = {}
+    predictions: dict[str, dict] = {}
     for row, where in zip(rows, sources):
         if "qid" not in row:
             raise ValueError(f"{where}: field 'qid': missing")
         key = str(row["qid"])
         if key in predictions:
-            raise ValueError(f"{where}: field 'qid': query {key!r} already predicted at {predictions[key][2]}")
-        predictions[key] = (_prediction_span(row, where), row.get("vid", row.get("video_id")), where)
+            raise ValueError(f"{where}: field 'qid': query {key!r} already predicted at {predictions[key]['where']}")
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise ValueError(f"{where}: field 'answer': expected text or null, got {type(answer).__name__}")
+        span = _prediction_span(row, where)
+        # inference failed (unreadable video, error): no answer at all, as `tempsamp eval` writes it
+        failed = bool(row.get("error")) or ("answer" in row and answer is None and span is None)
+        predictions[key] = {"span": span, "answer": answer, "has_answer_key": "answer" in row,
+                            "vid": row.get("vid", row.get("video_id")), "failed": failed, "where": where}
+    return predictions
+
+
+def grounding_queries(pred_path, gt_path, dataset: str | None = None, *, durations=None, convention="tempsamp",
+                      parser: str | None = None, missing: str | None = None, clip_gt: bool = False,
+                      iou_decimals: int | None = None, examples=None) -> GroundingQueries:
+    """Every ground-truth query of ``gt_path`` scored from ``pred_path`` under a convention (per query)."""
+    from tempsamp.data.readers import load_examples
+    from tempsamp.evaluation.conventions import get_convention, query_iou, read_span
+    from tempsamp.evaluation.grounding import grounding_ious
+
+    conv = convention if isinstance(convention, Convention) else get_convention(convention, parser=parser, missing=missing)
+    project = conv.base == "tempsamp"  # the project's convention (possibly with its parser or missing rule swapped)
+    if not project and (clip_gt or iou_decimals is not None):
+        raise ValueError(f"--clip-gt / --round-iou belong to the tempsamp convention; {conv.name} fixes its own")
+    if examples is None:
+        examples = load_examples(gt_path, dataset, durations=durations)
+    if not examples:
+        raise ValueError(f"{gt_path}: no queries")
+    predictions = read_grounding_predictions(pred_path)
     gt_by_key = {}
     for ex in examples:
         if not ex.spans:
             raise ValueError(f"{ex.source}: query {ex.qid!r} has no ground-truth span (unlabelled data cannot be scored)")
         gt_by_key[str(ex.qid)] = ex
-    missing = _refuse_differences(list(predictions), list(gt_by_key), allow_missing)
+    _refuse_differences(list(predictions), list(gt_by_key), conv.missing != "refuse")
 
-    pred = np.full((len(examples), 2), np.nan)
+    n = len(examples)
+    spans, status, answers = np.full((n, 2), np.nan), [], []
+    raw = []  # the convention's reading, per query
     for i, ex in enumerate(examples):
-        if str(ex.qid) not in predictions:
+        pred = predictions.get(str(ex.qid))
+        if pred is None:
+            status.append("missing")
+            answers.append(None)
+            raw.append(None)
             continue
-        span, vid, where = predictions[str(ex.qid)]
-        if vid is not None and str(vid) != str(ex.video_id):
-            raise ValueError(f"{where}: field 'vid': {vid!r}, but query {ex.qid!r} is about video {ex.video_id!r}")
+        if pred["vid"] is not None and str(pred["vid"]) != str(ex.video_id):
+            raise ValueError(f"{pred['where']}: field 'vid': {pred['vid']!r}, but query {ex.qid!r} is about video {ex.video_id!r}")
+        answers.append(pred["answer"])
+        if pred["failed"]:
+            status.append("failed")
+            raw.append(None)
+            continue
+        if conv.parser != "tempsamp" and not pred["has_answer_key"]:
+            raise ValueError(f"{pred['where']}: field 'answer': missing; the {conv.parser} parser reads the raw answer")
+        span = read_span(conv, pred["answer"], pred["span"], ex.duration)
+        raw.append(span)
+        status.append("ok" if span is not None else "unparsed")
         if span is not None:
-            pred[i] = span
+            relative = conv.parser == "vtimellm" or conv.iou == "round2-relative"  # read as fractions of the video
+            scale = ex.duration if relative else 1.0
+            spans[i] = (span[0] * scale, span[1] * scale)
+
     gt = np.array([ex.span for ex in examples], dtype=np.float64)
-    metrics = grounding_metrics(pred, gt, strict=strict, durations=[ex.duration for ex in examples],
-                                clip_gt=clip_gt, iou_decimals=iou_decimals)
-    metrics["n_missing"] = len(missing)
-    metrics["n_unparsed"] = int(sum(1 for span, _, _ in predictions.values() if span is None))
-    metrics["convention"] = {"threshold": "iou > m" if strict else "iou >= m", "clip_gt": clip_gt,
-                             "iou_decimals": iou_decimals, "missing_and_unparsed": "IoU 0, in the denominator"}
+    if project:
+        iou = grounding_ious(spans, gt, durations=[ex.duration for ex in examples], clip_gt=clip_gt,
+                             iou_decimals=iou_decimals)
+    else:
+        iou = np.array([0.0 if st in ("missing", "failed") else query_iou(conv, span, gt[i], ex.duration)
+                        for i, (ex, st, span) in enumerate(zip(examples, status, raw))], dtype=object)
+        status = [("dropped" if value is None else st) for st, value in zip(status, iou)]
+        iou = np.array([np.nan if value is None else value for value in iou], dtype=np.float64)
+    if conv.missing == "drop":
+        iou[[st in ("missing", "failed") for st in status]] = np.nan
+    return GroundingQueries(examples, iou, status, spans, answers, conv)
+
+
+def score_grounding(pred_path, gt_path, dataset: str | None = None, *, durations=None, strict: bool = False,
+                    clip_gt: bool = False, iou_decimals: int | None = None, allow_missing: bool = False,
+                    convention: str = "tempsamp", parser: str | None = None, missing: str | None = None) -> dict:
+    """R1@{0.3,0.5,0.7} and mIoU (percent) of a grounding prediction file, with counts and the convention."""
+    from tempsamp.evaluation.grounding import metrics_from_ious
+
+    if allow_missing and missing is None:
+        missing = "miss"
+    if strict and convention != "tempsamp":
+        raise ValueError(f"--strict belongs to the tempsamp convention; {convention} counts iou >= m")
+    q = grounding_queries(pred_path, gt_path, dataset, durations=durations, convention=convention, parser=parser,
+                          missing=missing, clip_gt=clip_gt, iou_decimals=iou_decimals)
+    metrics = metrics_from_ious(q.iou[q.kept], strict=strict)
+    counts = {k: q.status.count(k) for k in ("ok", "unparsed", "missing", "failed", "dropped")}
+    metrics["n_queries"] = len(q.examples)
+    metrics["n_missing"] = counts["missing"]
+    metrics["n_failed"] = counts["failed"]
+    metrics["n_unparsed"] = counts["unparsed"]
+    metrics["n_dropped"] = int((~q.kept).sum())
+    description = q.convention.describe()
+    if q.convention.base == "tempsamp":
+        description.update(threshold="iou > m" if strict else "iou >= m", clip_gt=clip_gt, iou_decimals=iou_decimals)
+    metrics["convention"] = description
+    metrics["counts"] = (f"{metrics['n']} of {len(q.examples)} queries in the denominator; "
+                         f"{counts['unparsed']} unparsable (IoU 0); {counts['missing']} without a prediction line and "
+                         f"{counts['failed']} without an answer (inference failed): "
+                         + ("dropped" if q.convention.missing == "drop" else "IoU 0")
+                         + (f"; {counts['dropped']} dropped as the peer's script would (zero union)" if counts["dropped"] else ""))
     return metrics
 
 
@@ -151,7 +243,8 @@ def _emit(metrics: dict, out) -> None:
 def run_grounding(args) -> int:
     try:
         metrics = score_grounding(args.pred, args.gt, args.dataset, durations=args.durations, strict=args.strict,
-                                  clip_gt=args.clip_gt, iou_decimals=args.round_iou, allow_missing=args.allow_missing)
+                                  clip_gt=args.clip_gt, iou_decimals=args.round_iou, allow_missing=args.allow_missing,
+                                  convention=args.convention, parser=args.parser, missing=args.missing)
     except (ValueError, FileNotFoundError) as err:
         print(f"tempsamp score grounding: {err}", file=sys.stderr)
         return 2
@@ -182,6 +275,12 @@ def register(sub) -> None:
     g.add_argument("--clip-gt", action="store_true", help="clip ground-truth spans to [0, duration] first")
     g.add_argument("--round-iou", type=int, default=None, metavar="N", help="round IoU to N decimals first")
     g.add_argument("--allow-missing", action="store_true", help="score queries without a prediction as misses")
+    g.add_argument("--convention", choices=list(CONVENTIONS), default="tempsamp",
+                   help="whose parser, IoU rounding and missing-query rule: tempsamp (default), timezero "
+                        "(= VideoChat-R1), vtimellm (docs/evaluation.md)")
+    g.add_argument("--parser", choices=PARSERS, default=None, help="replace the convention's parser")
+    g.add_argument("--missing", choices=MISSING, default=None,
+                   help="queries without a prediction or answer: refuse | miss (IoU 0) | drop (out of the denominator)")
     g.add_argument("--out", default=None, help="also write the metrics JSON here")
     g.set_defaults(func=run_grounding)
 

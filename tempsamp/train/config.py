@@ -46,6 +46,9 @@ class TrainConfig:
     max_pixels: int = 256 * 28 * 28
     total_pixels: int = 3584 * 28 * 28
     frame_cache: str | None = None
+    # exact: frames at k / fps s (default); qwen: qwen-vl-utils 0.0.14's frame count, indices and sizes
+    # (docs/evaluation.md, "Frame sampling"); with qwen, set max_frames: 768 for qwen-vl-utils' own cap
+    frame_sampling: str = "exact"
 
     # rollout
     num_generations: int = 8  # G: the group size, off-policy row included
@@ -131,10 +134,15 @@ class TrainConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not auto, float32 or bfloat16")
         if self.rollout_engine not in ("transformers", "vllm"):
             raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
+        if self.frame_sampling not in ("exact", "qwen"):
+            raise ValueError(f"frame_sampling: {self.frame_sampling!r} is not exact or qwen")
         from tempsamp.train.parallel import MODES as DISTRIBUTED
 
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"distributed: {self.distributed!r} is not one of {', '.join(DISTRIBUTED)}")
+        if self.rollout_engine == "vllm" and self.distributed not in ("ddp", "zero2"):
+            raise ValueError(f"rollout_engine=vllm with distributed={self.distributed}: pushing sharded weights into "
+                             "vLLM is not supported yet; use distributed=ddp or zero2, or rollout_engine=transformers")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
         for key, allowed in (("anchor_tied", ANCHOR_TIED), ("offpolicy_loss", ("ratio", "luffy")),

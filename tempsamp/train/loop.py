@@ -378,6 +378,8 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
     if saved is None:
         return  # written before configs were stored
     current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+    # a key added since the run was written (e.g. frame_sampling) held its default then
+    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
     changed = sorted(k for k in set(saved) | set(current) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k))
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
@@ -433,6 +435,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is not None:
         check_resume_config(checkpoint, cfg)
+        saved_world = json.loads((checkpoint / "state.json").read_text()).get("world_size", parallel.world)
+        if parallel.zero and saved_world != parallel.world:
+            raise ValueError(f"--resume: {checkpoint} was written by {saved_world} processes; DeepSpeed's partitioned "
+                             f"optimizer state loads only on the same number (this run has {parallel.world})")
         if parallel.sharded:
             parallel.load_sharded(checkpoint)
             state = load_checkpoint(checkpoint, None, None, rank=parallel.rank)
@@ -448,12 +454,12 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
         # What actually ran, read off the wrapped model on every process (tests check it).
         (out / "layout.json").write_text(json.dumps(layout, indent=1))
-        logger.event(start, "layout", json.dumps(layout[0]))
 
     def load_frames(example):
         return sample_frames(
             example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
+            frame_sampling=cfg.frame_sampling,
         )
 
     def save(done: int) -> None:

@@ -21,6 +21,13 @@ Pixel budget, in Qwen-VL terms (one size for every frame of a clip):
     ``total_pixels`` here bounds the pixels of all T frames (T * h * w <= total_pixels) unless
     that would push frames below min_pixels.
 
+``frame_sampling="qwen"`` instead reproduces qwen-vl-utils 0.0.14 (what Qwen2.5-VL is usually served
+with) exactly in frame count, frame indices and frame size (``qwen_nframes``, ``qwen_frame_indices``,
+``qwen_frame_size``): n = floor_even(total_frames / video_fps * fps) clamped to [4, max_frames] and to
+the frame count, frames ``linspace(0, total_frames - 1, n).round()``, reported rate
+n / total_frames * video_fps, and the per-frame budget total_pixels / n * 2 (per 2-frame slice).
+docs/evaluation.md tabulates every difference from the default and why the default differs.
+
 How it decodes (PyAV): one demux pass reads the packet index (presentation times, keyframes;
 no decoding). Each wanted frame then either decodes forward from where the decoder is, or, when a
 keyframe lies between the decoder's position and the wanted frame, seeks to that keyframe first.
@@ -41,6 +48,12 @@ from pathlib import Path
 import numpy as np
 
 FACTOR = 28  # Qwen2/2.5-VL: 14-px patches merged 2x2
+FRAME_SAMPLINGS = ("exact", "qwen")
+# qwen-vl-utils 0.0.14 constants (vision_process.py)
+QWEN_FRAME_FACTOR = 2
+QWEN_MIN_FRAMES = 4
+QWEN_MAX_FRAMES = 768
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28  # VIDEO_MAX_TOKEN_NUM * factor ** 2
 TIME_EPS = 1e-4  # seconds; float noise in pts * time_base
 BACKENDS = ("auto", "pyav", "decord")
 
@@ -130,6 +143,63 @@ def sample_times(duration: float, fps: float, max_frames: int) -> tuple[np.ndarr
     if n > max_frames:
         n, rate, capped = max_frames, max_frames / duration, True
     return np.arange(n) / rate, rate, capped
+
+
+# ---------------------------------------------------------------- qwen-vl-utils' rules (pure)
+
+
+def _floor_even(x: float) -> int:
+    return math.floor(x / QWEN_FRAME_FACTOR) * QWEN_FRAME_FACTOR
+
+
+def qwen_nframes(total_frames: int, video_fps: float, *, fps: float = 2.0, max_frames: int = QWEN_MAX_FRAMES,
+                 min_frames: int = QWEN_MIN_FRAMES) -> int:
+    """qwen-vl-utils' smart_nframes: floor_even(total_frames / video_fps * fps), clamped to
+    [ceil_even(min_frames), floor_even(max_frames)] and to total_frames, then floored to even."""
+    if total_frames < 1 or not (video_fps > 0):
+        raise ValueError(f"qwen frame sampling needs frames and a frame rate, got {total_frames} frames at {video_fps} fps")
+    low = math.ceil(min_frames / QWEN_FRAME_FACTOR) * QWEN_FRAME_FACTOR
+    high = _floor_even(max_frames)
+    n = _floor_even(min(min(max(total_frames / video_fps * fps, low), high), total_frames))
+    if not (QWEN_FRAME_FACTOR <= n <= total_frames):
+        raise ValueError(f"qwen frame sampling: {n} frames is outside [{QWEN_FRAME_FACTOR}, {total_frames}] "
+                         f"(qwen-vl-utils refuses videos of fewer than 2 frames)")
+    return n
+
+
+def qwen_frame_indices(total_frames: int, n: int) -> np.ndarray:
+    """``linspace(0, total_frames - 1, n).round()`` as qwen-vl-utils computes it: torch, float32, half to even."""
+    import torch
+
+    return torch.linspace(0, total_frames - 1, n).round().long().numpy()
+
+
+def qwen_smart_resize(height: int, width: int, *, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
+    """qwen-vl-utils 0.0.14 smart_resize, without the project's guards: the floor branch may go under
+    min_pixels and the ceil branch over max_pixels, exactly as there."""
+    if max_pixels < min_pixels:
+        raise ValueError(f"qwen smart_resize: max_pixels {max_pixels} < min_pixels {min_pixels}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"smart_resize: aspect ratio of {height}x{width} above 200")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    if h < factor or w < factor:
+        raise ValueError(f"qwen smart_resize: {height}x{width} shrinks to {h}x{w} under max_pixels {max_pixels}")
+    return h, w
+
+
+def qwen_frame_size(height: int, width: int, n_frames: int, *, min_pixels: int, max_pixels: int,
+                    total_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
+    """fetch_video's size rule: per-frame max = max(min(768*28*28, total_pixels / n * 2), int(min_pixels * 1.05)),
+    then at most the given max_pixels; smart_resize within [min_pixels, that]."""
+    budget = max(min(QWEN_VIDEO_MAX_PIXELS, total_pixels / n_frames * QWEN_FRAME_FACTOR), int(min_pixels * 1.05))
+    return qwen_smart_resize(height, width, min_pixels=min_pixels, max_pixels=min(max_pixels, budget), factor=factor)
 
 
 def pick_frames(frame_times: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -222,7 +292,21 @@ def _reformatter():
     return VideoReformatter()
 
 
-def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int) -> Video:
+def qwen_plan(total_frames: int, video_fps: float, fps: float, max_frames: int) -> tuple[np.ndarray, float, bool]:
+    """(frame indices, reported rate, capped) of qwen-vl-utils' sampling of a video of total_frames frames."""
+    n = qwen_nframes(total_frames, video_fps, fps=fps, max_frames=max_frames)
+    capped = total_frames / video_fps * fps > _floor_even(max_frames)
+    return qwen_frame_indices(total_frames, n), n / max(total_frames, 1e-6) * video_fps, capped
+
+
+def _stream_fps(stream, index: PacketIndex) -> float:
+    """The container's average frame rate (what decord's get_avg_fps and torchvision report), else measured."""
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else len(index.pts) / index.duration
+
+
+def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int,
+                frame_sampling: str = "exact") -> Video:
     import av
 
     with _open(path) as container:
@@ -231,9 +315,12 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         index = read_packet_index(container, stream, path)
-        targets, rate, capped = sample_times(index.duration, fps, max_frames)
-        frame_times = index.times(index.pts)
-        wanted = index.pts[pick_frames(frame_times, targets)]  # pts of the frame for each target
+        if frame_sampling == "qwen":
+            chosen, rate, capped = qwen_plan(len(index.pts), _stream_fps(stream, index), fps, max_frames)
+        else:
+            targets, rate, capped = sample_times(index.duration, fps, max_frames)
+            chosen = pick_frames(index.times(index.pts), targets)
+        wanted = index.pts[chosen]  # pts of each wanted frame
         size = None
         frames: list[np.ndarray] = []
         try:
@@ -241,16 +328,18 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
                 with _open(path) as again:
                     stream = again.streams.video[0]
                     stream.thread_type = "AUTO"
-                    frames, size = _decode_sequential(again, stream, index, wanted, min_pixels, max_pixels, total_pixels)
+                    frames, size = _decode_sequential(again, stream, index, wanted, min_pixels, max_pixels, total_pixels,
+                                                      frame_sampling)
             else:
                 try:
-                    frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path)
+                    frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path,
+                                                      sampling=frame_sampling)
                 except _SeekMissed:  # this container cannot seek precisely: decode forward from the start
                     with _open(path) as again:
                         stream = again.streams.video[0]
                         stream.thread_type = "AUTO"
                         frames, size = _decode_with_seeks(again, stream, index, wanted, min_pixels, max_pixels,
-                                                          total_pixels, path, allow_seek=False)
+                                                          total_pixels, path, allow_seek=False, sampling=frame_sampling)
         except av.error.FFmpegError as err:
             raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
         if len(frames) != len(wanted):
@@ -259,15 +348,17 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
                  source_fps=len(index.pts) / index.duration, capped=capped, backend="pyav", path=path)
 
 
-def _size_for(frame, n, min_pixels, max_pixels, total_pixels):
-    return clip_frame_size(frame.height, frame.width, n, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+def _size_for(frame, n, min_pixels, max_pixels, total_pixels, sampling="exact"):
+    size = qwen_frame_size if sampling == "qwen" else clip_frame_size
+    return size(frame.height, frame.width, n, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
 
 
 class _SeekMissed(Exception):
     """A seek landed after the frame it was meant to reach (e.g. MPEG-TS, which seeks by byte estimates)."""
 
 
-def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path, allow_seek=True):
+def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path, allow_seek=True,
+                       sampling="exact"):
     """Decode the wanted frames (pts, ascending, repeats allowed).
 
     With allow_seek, jump to the wanted frame's keyframe whenever that keyframe lies past the
@@ -304,7 +395,7 @@ def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels,
         if last[0] > target and before_last is not None:  # the index promised a frame that never came
             found = before_last[1]
         if size is None:
-            size = _size_for(found, len(wanted), min_pixels, max_pixels, total_pixels)
+            size = _size_for(found, len(wanted), min_pixels, max_pixels, total_pixels, sampling)
         frames.append(frames[-1] if frames and found is previous_found else _to_rgb(found, size, reformatter))
         previous_found = found
     return frames, size
@@ -324,7 +415,7 @@ def _decoded_frames(container, stream, wanted_pts: set):
     context.skip_frame = "DEFAULT"
 
 
-def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels):
+def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, sampling="exact"):
     """Streams without timestamps: decode in order, frame k is the k-th decoded frame."""
     frames, size, reformatter = [], None, _reformatter()
     positions = list(map(int, wanted))
@@ -333,7 +424,7 @@ def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels,
     for frame in container.decode(stream):
         while cursor < len(positions) and positions[cursor] == k:
             if size is None:
-                size = _size_for(frame, len(positions), min_pixels, max_pixels, total_pixels)
+                size = _size_for(frame, len(positions), min_pixels, max_pixels, total_pixels, sampling)
             frames.append(_to_rgb(frame, size, reformatter))
             cursor += 1
         k += 1
@@ -361,7 +452,8 @@ def decord_available() -> bool:
     return True
 
 
-def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int) -> Video:
+def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int,
+                  frame_sampling: str = "exact") -> Video:
     """Same sampling rule through decord (frame times from its index); resized with swscale like PyAV."""
     import av
     import decord
@@ -376,14 +468,18 @@ def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, ma
         raise VideoDecodeError(f"{path}: the video stream holds no frames")
     starts = spans[:, 0] - spans[0, 0]
     duration = float(spans[-1, 1] - spans[0, 0]) or n * 1e-3
-    targets, rate, capped = sample_times(duration, fps, max_frames)
-    chosen = pick_frames(starts, targets)
+    if frame_sampling == "qwen":
+        chosen, rate, capped = qwen_plan(n, float(reader.get_avg_fps()), fps, max_frames)
+    else:
+        targets, rate, capped = sample_times(duration, fps, max_frames)
+        chosen = pick_frames(starts, targets)
     try:
         batch = reader.get_batch(chosen.tolist()).asnumpy()
     except decord.DECORDError as err:
         raise VideoDecodeError(f"{path}: decoding failed with decord ({err})") from err
-    h, w = clip_frame_size(batch.shape[1], batch.shape[2], len(chosen), min_pixels=min_pixels,
-                           max_pixels=max_pixels, total_pixels=total_pixels)
+    size = qwen_frame_size if frame_sampling == "qwen" else clip_frame_size
+    h, w = size(batch.shape[1], batch.shape[2], len(chosen), min_pixels=min_pixels, max_pixels=max_pixels,
+                total_pixels=total_pixels)
     reformatter = _reformatter()
     frames = np.stack([_to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"), (h, w), reformatter)
                        for f in batch])
@@ -410,11 +506,17 @@ def resolve_backend(backend: str, path=None) -> str:
 
 
 def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, max_pixels: int, total_pixels: int,
-           backend: str = "pyav") -> Video:
-    """Sample frames from ``path`` (no cache); see the module docstring for the rules."""
+           backend: str = "pyav", frame_sampling: str = "exact") -> Video:
+    """Sample frames from ``path`` (no cache); see the module docstring for the rules.
+
+    frame_sampling: "exact" (default: frames at k / fps s) or "qwen" (qwen-vl-utils 0.0.14's count,
+    indices and sizes)."""
+    if frame_sampling not in FRAME_SAMPLINGS:
+        raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {frame_sampling!r}")
     path = os.fspath(path)
     if not Path(path).is_file():
         raise FileNotFoundError(errno.ENOENT, "video not found", path)
     backend = resolve_backend(backend, path)
     fn = decode_decord if backend == "decord" else decode_pyav
-    return fn(path, fps=fps, max_frames=max_frames, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+    return fn(path, fps=fps, max_frames=max_frames, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+              frame_sampling=frame_sampling)
