@@ -140,8 +140,8 @@ def _by_strategy(r, extra, off, strategy, *, std, eps, lambda_off, offpolicy_sca
     best_on = torch.where(torch.isfinite(best_on), best_on, torch.zeros_like(best_on))  # group without on-policy rows
     gt_adv = lambda_off * best_on
     if anchor_tied == "joint":
-        on_r = torch.where(on, r, torch.nan)
-        on_tied = (on_r.nan_to_num(-torch.inf).amax(-1, keepdim=True) == on_r.nan_to_num(torch.inf).amin(-1, keepdim=True))
+        big = torch.finfo(r.dtype).max
+        on_tied = torch.where(on, r, -big).amax(-1, keepdim=True) == torch.where(on, r, big).amin(-1, keepdim=True)
         joint = _normalise(r, torch.ones_like(off), std, eps).clamp(min=0.0)
         gt_adv = torch.where(on_tied & on.any(-1, keepdim=True), joint, gt_adv)
     return torch.where(off, gt_adv, adv)
