@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tempsamp.errors import RunStopped
 from tempsamp.models import qwen_vl
 from tempsamp.train import loop
 from tempsamp.train.checkpoint import checkpoints, save_checkpoint
@@ -183,7 +184,7 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
 
 def test_missing_and_corrupt_videos_are_counted_not_fatal(tiny_model_dir, data_dir, tmp_path):
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run",
-                                                 train_annotations=str(data_dir / "with_bad.jsonl"),
+                                                 train_annotations=str(data_dir / "with_bad.jsonl"), max_unreadable_fraction=0.5,
                                                  queries_per_step=5, stages=[{"mode": "answer", "steps": 1}]))
     out = loop.train(cfg)
     row = read_metrics(out)[-1]
@@ -198,6 +199,7 @@ def test_step_without_a_usable_video_is_skipped_and_still_checkpointed(tiny_smal
     (tmp_path / "only_missing.jsonl").write_text((data_dir / "with_missing.jsonl").read_text().splitlines()[-1] + "\n")
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_small_vocab_model_dir, data_dir, tmp_path / "run",
                                                  train_annotations=str(tmp_path / "only_missing.jsonl"),
+                                                 preflight_videos=0, max_skipped_fraction=1.0,  # let it skip
                                                  stages=[{"mode": "answer", "steps": 2}]))
     out = loop.train(cfg)
     events = [json.loads(line)["kind"] for line in (out / "events.jsonl").read_text().splitlines()]
@@ -228,7 +230,11 @@ def test_non_finite_step_is_skipped_not_applied(tiny_model_dir, data_dir, tmp_pa
 
     monkeypatch.setattr(scoring, "iou_reward", nan_first)
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", stages=[{"mode": "answer", "steps": 1}]))
-    out = loop.train(cfg)
+    # every step skipped is more than max_skipped_fraction (0.1): the run stops, non-zero, saying why
+    with pytest.raises(RunStopped, match=r"0 applied, 1 skipped \(no usable video 0, non-finite loss or gradient 1\)") as stopped:
+        loop.train(cfg)
+    assert stopped.value.exit_code == 1
+    out = Path(cfg.output_dir)
     row = read_metrics(out)[-1]
     assert row["faults/skipped_steps"] == 1 and row["faults/nan_rewards"] == 2  # one per group
     assert row["loss/value"] is None  # NaN is logged as missing, not as a number

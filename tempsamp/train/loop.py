@@ -31,8 +31,11 @@ from tempsamp.advantages import group_advantages, shape_rewards
 from tempsamp.loss import grpo_loss
 from tempsamp.models import qwen_vl
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
+from tempsamp.errors import RunStopped, UserError
+from tempsamp.train import guards
 from tempsamp.train.checkpoint import (
-    begin_checkpoint, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights, save_rng,
+    begin_checkpoint, checkpoints, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights,
+    save_rng,
 )
 from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
@@ -68,6 +71,8 @@ class Counters:
     empty_completions: int = 0
     parse_failures: int = 0
     skipped_steps: int = 0
+    skipped_no_video: int = 0  # the two causes of skipped_steps
+    skipped_non_finite: int = 0
     loss_spikes: int = 0
     losses: list = field(default_factory=list)  # recent losses, for spike detection
 
@@ -92,7 +97,10 @@ def load_training_examples(cfg: TrainConfig):
     files = cfg.train_annotations if isinstance(cfg.train_annotations, list) else [cfg.train_annotations]
     examples = []
     for path in files:
-        examples += load_examples(path, cfg.dataset, durations=cfg.durations, videos=cfg.videos, lenient=cfg.lenient_annotations)
+        found = load_examples(path, cfg.dataset, durations=cfg.durations, videos=cfg.videos, lenient=cfg.lenient_annotations)
+        if not found:
+            raise UserError(f"{path}: no queries in the annotation file (train_annotations)")
+        examples += found
     if cfg.few_shot_fraction < 1.0:
         examples = few_shot(examples, cfg.few_shot_fraction, seed=cfg.seed)
     return examples
@@ -387,8 +395,13 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
                          "Resume with the same settings, or use a new output_dir.")
 
 
-def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
-    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests)."""
+def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, require_checkpoint: bool = False) -> Path:
+    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests).
+
+    resume: continue from the newest intact checkpoint (damaged newer ones are named and passed
+    over); with ``require_checkpoint`` a missing one is a UserError instead of a fresh start.
+    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps.
+    """
     from tqdm import tqdm
 
     from tempsamp.train.parallel import Parallel
@@ -405,6 +418,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         raise ValueError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
                          "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
+    guards.preflight_videos(examples, cfg, parallel.print)
+    if parallel.is_main:
+        from tempsamp.errors import ensure_output_dir
+
+        ensure_output_dir(out, "output_dir")
     model_path = resolve_model_path(cfg.model)
     # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
     # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
@@ -432,7 +450,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                    f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']})")
 
     counters, start = Counters(), 0
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
+    if resume and checkpoint is None and require_checkpoint:
+        damaged = f" ({len(checkpoints(out))} found, all damaged)" if checkpoints(out) else ""
+        raise UserError(f"--resume: no intact checkpoint in {out}{damaged}; check output_dir, or add --allow-fresh "
+                        "to start at step 0")
     if checkpoint is not None:
         check_resume_config(checkpoint, cfg)
         saved_world = json.loads((checkpoint / "state.json").read_text()).get("world_size", parallel.world)
@@ -477,12 +499,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                               cfg.keep_last, model_state=full_state)
         parallel.barrier()
 
-    def end_of_step(done: int) -> None:
-        """Checkpoint every save_every steps and at the end (skipped steps included), in step."""
-        if done % cfg.save_every == 0 or done == cfg.total_steps:
+    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+
+    def end_of_step(done: int, force: bool = False) -> None:
+        """Checkpoint every save_every steps, at the end and at --max-steps (skipped steps included), and
+        when the run stops early (``force``), in step."""
+        if force or done % cfg.save_every == 0 or done == cfg.total_steps or done == end:
             save(done)
 
-    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+    stop, stopping = guards.GracefulStop().install(), None
     bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not parallel.is_main)
     for step in bar:
         t0 = time.perf_counter()
@@ -512,12 +537,16 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             reports = gather_object({"faults": faults.faults(), "events": events})
             counters.add([r["faults"] for r in reports])
             counters.skipped_steps += 1
+            counters.skipped_no_video += 1
             if logger:
                 for kind, message in [e for r in reports for e in r["events"]]:
                     logger.event(step, kind, message)
                 logger.event(step, "skipped_step", f"no usable video on {group_counts.count(0)} of {len(group_counts)} processes")
                 logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
-            end_of_step(step + 1)
+            stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+            end_of_step(step + 1, force=stopping is not None)
+            if stopping:
+                break
             continue
 
         # 2. score, 3. advantages (on whole groups: each group lives on one process)
@@ -543,6 +572,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                 logger.event(step, kind, message)
         if not applied:
             counters.skipped_steps += 1
+            counters.skipped_non_finite += 1
             if logger:
                 logger.event(step, "skipped_step", "non-finite loss or gradient: update not applied")
         scalars = step_scalars(cfg, reports, cot)
@@ -566,13 +596,26 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             logger.log(step + 1, scalars)
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
-        end_of_step(step + 1)
+        stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+        end_of_step(step + 1, force=stopping is not None)
+        if stopping:
+            break
 
-    # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
-    final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
-    if parallel.is_main:
-        export_model(out / "final-model", policy, processor, final_state)
+    stop.restore()
+    bar.close()
+    if stopping is None:
+        # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
+        final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
+        if parallel.is_main:
+            export_model(out / "final-model", policy, processor, final_state)
     if logger:
         logger.close()
     parallel.close()
+    last = latest_checkpoint(out)
+    done = int(last.name.split("-")[1]) if last else start
+    line = guards.summary(counters, done, cfg.total_steps, last)
+    if stopping:
+        parallel.print(stopping)
+        raise RunStopped(f"{line}; continue with --resume", exit_code=stop.exit_code if stop.signal else 1)
+    parallel.print(line)
     return out
