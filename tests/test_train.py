@@ -151,7 +151,7 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
     real_offpolicy = loop.offpolicy_text
     monkeypatch.setattr(loop, "offpolicy_text", lambda *a: gt_texts.append(real_offpolicy(*a)) or gt_texts[-1])
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", beta=0.04,
-                                                 updates_per_rollout=2, stages=[{"mode": "answer", "steps": 1}]))
+                                                 updates_per_rollout=2, offpolicy_loss="luffy", stages=[{"mode": "answer", "steps": 1}]))
     loop.train(cfg)
     # 2 groups x (reference + old policy + 2 updates)
     assert len(calls) == 8
@@ -392,3 +392,26 @@ def test_resume_refuses_other_settings(tmp_path):
     loop.check_resume_config(checkpoint, load_config("tiny_cpu", [f"output_dir={tmp_path}", "save_every=7"]))
     with pytest.raises(ValueError, match="learning_rate"):
         loop.check_resume_config(checkpoint, load_config("tiny_cpu", [f"output_dir={tmp_path}", "learning_rate=0.5"]))
+
+
+def test_stages_reach_the_prompt_and_the_temperature_reaches_sampling_and_every_logprob(tiny_small_vocab_model_dir, data_dir, tmp_path, monkeypatch):
+    """Issue 13's wiring through the real loop: each stage's prompt mode, the sampling temperature in
+    generate and in every log-prob (policy, old, reference), and the GT think mask in CoT stages."""
+    prompts, temperatures, sampled = [], [], []
+    real_prompt, real_logprobs, real_generate = loop.prompt_text, qwen_vl.completion_logprobs, qwen_vl.generate
+    monkeypatch.setattr(loop, "prompt_text", lambda query, mode, **kw: prompts.append(mode) or real_prompt(query, mode, **kw))
+    monkeypatch.setattr(qwen_vl, "completion_logprobs",
+                        lambda *a, **kw: temperatures.append(kw.get("temperature", 1.0)) or real_logprobs(*a, **kw))
+    monkeypatch.setattr(qwen_vl, "generate", lambda *a, **kw: sampled.append(kw.get("temperature")) or real_generate(*a, **kw))
+    masks = []
+    real_update = loop.update
+    monkeypatch.setattr(loop, "update", lambda cfg, model, ref, groups, *a: masks.append([g.loss_masks[-1] for g in groups])
+                        or real_update(cfg, model, ref, groups, *a))
+    cfg = load_config("tiny_cpu", tiny_overrides(
+        tiny_small_vocab_model_dir, data_dir, tmp_path / "run", temperature=0.7, beta=0.04, updates_per_rollout=2,
+        offpolicy_loss="luffy", stages=[{"mode": "answer", "steps": 1}, {"mode": "cot", "steps": 1}]))
+    loop.train(cfg)
+    assert prompts == ["answer", "answer", "cot", "cot"]
+    assert sampled and set(sampled) == {0.7}
+    assert temperatures and set(temperatures) == {0.7}
+    assert masks[0] == [None, None] and all(m is not None and 0.0 in m for m in masks[1])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tempsamp.advantages import STRATEGIES
+from tempsamp.advantages import ANCHOR_TIED, STRATEGIES
 from tempsamp.errors import UserError, closest
 from tempsamp.prompts import MODES
 
@@ -63,6 +63,7 @@ class TrainConfig:
     # algorithm
     strategy: str = "shaping"  # grpo | mixed | reward_scaling | anchor | shaping | shaping+anchor
     lambda_off: float = 1.2
+    anchor_tied: str = "joint"  # anchoring when every on-policy reward ties: literal (A_G = 0) | joint (advantages.py)
     offpolicy_scale: float = 0.8
     tau: float = 0.8
     alpha1: float = 0.01
@@ -72,8 +73,15 @@ class TrainConfig:
     beta: float = 0.04
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
-    aggregation: str = "token_mean"
+    aggregation: str = "token_mean"  # token_mean | sequence_mean (the paper recipes: sequence_mean, docs/decisions.md)
     updates_per_rollout: int = 1  # the paper: 1 (pi_old = pi_theta)
+    # the GT row's loss with several updates per rollout: "ratio" (like on-policy tokens; refused with
+    # updates_per_rollout > 1) | "luffy" (no clipping, behaviour prob 1, shaping p/(p + luffy_gamma)); tempsamp.loss
+    offpolicy_loss: str = "ratio"
+    luffy_gamma: float = 0.1  # 0: no policy shaping (f(p) = p)
+    # CoT stages: the GT row's think sentence in the loss? "train" | "mask" (tags and answer still train)
+    gt_think_loss: str = "mask"
+    highlight_f2: str = "windows"  # the highlight reward's F2: over windows (IoU-matched) | over clips (rewards.py)
     format_weight: float = 1.0  # weight of the format reward in CoT stages
     lambda_rec: float = 0.5  # highlight reward weights (tempsamp.rewards.timestamp_reward)
     lambda_score: float = 0.5
@@ -143,6 +151,17 @@ class TrainConfig:
                              "vLLM is not supported yet; use distributed=ddp or zero2, or rollout_engine=transformers")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
+        for key, allowed in (("anchor_tied", ANCHOR_TIED), ("offpolicy_loss", ("ratio", "luffy")),
+                             ("gt_think_loss", ("train", "mask")), ("highlight_f2", ("windows", "clips"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.updates_per_rollout < 1:
+            raise ValueError(f"updates_per_rollout: {self.updates_per_rollout} must be at least 1")
+        if self.updates_per_rollout > 1 and self.uses_offpolicy and self.offpolicy_loss == "ratio":
+            raise ValueError(
+                f"updates_per_rollout={self.updates_per_rollout} with strategy {self.strategy!r}: the GT row was never "
+                "sampled, so clipping its ratio to the pre-update policy stops a low-probability GT token from learning. "
+                "Set offpolicy_loss=luffy (no clipping for the GT row) or updates_per_rollout=1")
         for key in ("max_unreadable_fraction", "max_skipped_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")

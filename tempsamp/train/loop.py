@@ -53,6 +53,9 @@ class Group:
     texts: list
     offpolicy: list
     generated_tokens: int = 0
+    # per row: None (every completion token trains) or a 0/1 list over its tokens (the GT row's
+    # think sentence masked out in CoT stages, cfg.gt_think_loss)
+    loss_masks: list = field(default_factory=list)
 
 
 @dataclass
@@ -131,12 +134,34 @@ def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
     ids, texts = engine.sample(prompt, video.frames, video.fps, text, num_samples=n_sampled, seed=seed)
     offpolicy = [False] * n_sampled
+    loss_masks = [None] * n_sampled
     if cfg.uses_offpolicy:
         gt_text = offpolicy_text(example, mode)
         ids.append(qwen_vl.completion_ids(processor, gt_text))
         texts.append(gt_text)
         offpolicy.append(True)
-    return Group(example, prompt, list(ids), list(texts), offpolicy, generated_tokens=sum(len(i) for i in ids[:n_sampled]))
+        loss_masks.append(gt_loss_mask(cfg, processor, gt_text, mode))
+    return Group(example, prompt, list(ids), list(texts), offpolicy, generated_tokens=sum(len(i) for i in ids[:n_sampled]),
+                 loss_masks=loss_masks)
+
+
+def gt_loss_mask(cfg, processor, gt_text: str, mode: str):
+    """CoT stages with gt_think_loss=mask: the GT row's think *sentence* leaves the loss (it is the same
+    for every query; pushed each step with the group's largest advantage it invites the policy's
+    reasoning to collapse into it). Its tags and answer still train, so the format is still taught."""
+    if mode != COT or cfg.gt_think_loss != "mask" or "</think>" not in gt_text:
+        return None
+    start = gt_text.index("<think>") + len("<think>")
+    return qwen_vl.completion_loss_mask(processor, gt_text, (start, gt_text.index("</think>")))
+
+
+def loss_mask(batch, group: Group) -> torch.Tensor:
+    """The tokens the loss counts: the completion mask, less each row's masked-out tokens."""
+    mask = batch["completion_mask"].clone()
+    for row, row_mask in enumerate(group.loss_masks):
+        if row_mask is not None:
+            mask[row, : len(row_mask)] *= torch.tensor(row_mask, dtype=mask.dtype, device=mask.device)
+    return mask
 
 
 def offpolicy_text(example, mode: str) -> str:
@@ -154,7 +179,8 @@ def offpolicy_text(example, mode: str) -> str:
 def score(cfg, groups: list[Group], cot: bool, counters: Counters):
     """``counters`` receives this process's parse failures, empty completions and NaN rewards."""
     """Rewards [groups, G] (task and format) and the off-policy mask, plus per-group scores for logging."""
-    scores = [score_group(g.example, g.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score) for g in groups]
+    scores = [score_group(g.example, g.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score,
+                          highlight_f2=cfg.highlight_f2) for g in groups]
     for g, s in zip(groups, scores):
         on = ~np.array(g.offpolicy)
         counters.nan_rewards += s.nan_rewards
@@ -169,7 +195,7 @@ def score(cfg, groups: list[Group], cot: bool, counters: Counters):
 def advantages(cfg, task, fmt, off):
     return group_advantages(
         task, off, cfg.strategy, bonus=fmt, std=cfg.adv_std, eps=cfg.adv_eps, lambda_off=cfg.lambda_off,
-        offpolicy_scale=cfg.offpolicy_scale, tau=cfg.tau, alpha1=cfg.alpha1, alpha2=cfg.alpha2,
+        offpolicy_scale=cfg.offpolicy_scale, tau=cfg.tau, alpha1=cfg.alpha1, alpha2=cfg.alpha2, anchor_tied=cfg.anchor_tied,
     )
 
 
@@ -181,17 +207,20 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     finite on any process is skipped by all (gradients zeroed), never applied.
     """
     batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
+    masks = [loss_mask(b, g) for b, g in zip(batches, groups)]  # padding (and masked GT think tokens) excluded
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
     # Divided by the number of processes because DDP, FSDP and ZeRO average (not sum) the
     # processes' gradients.
     if cfg.aggregation == "sequence_mean":
         local_count = float(sum(len(g.texts) for g in groups))
     else:
-        local_count = float(sum(b["completion_mask"].sum() for b in batches))
+        local_count = float(sum(m.sum() for m in masks))
     normalizer = parallel.sum(local_count) / parallel.world
 
     with torch.no_grad():
-        ref = [reference_logprobs(ref_model, model, b) if cfg.beta else None for b in batches]
+        # every log-prob at the sampling temperature, the reference's too (as TRL does): otherwise
+        # KL to an exact copy of the policy is not 0 at T != 1
+        ref = [reference_logprobs(ref_model, model, b, cfg.temperature) if cfg.beta else None for b in batches]
         old = [qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature) for b in batches] if cfg.updates_per_rollout > 1 else [None] * len(batches)
 
     log = UpdateLog()
@@ -203,14 +232,17 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
             with parallel.micro_batch(last=i == len(batches) - 1):
                 logp, entropy = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 loss, stats = grpo_loss(
-                    logp, adv[i].to(logp.device), b["completion_mask"], old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
+                    logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
                     clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
+                    offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
                 )
                 parallel.backward(loss)
             # The step's loss is the sum of its micro-batch losses (each already divided by the
             # whole step's count); over P processes each holds P x its share, hence the / P.
             pass_loss += float(loss.detach()) / parallel.world
             log.kl.append(stats.kl)
+            if stats.kl_offpolicy is not None:
+                log.kl_offpolicy.append(stats.kl_offpolicy)
             log.clip_fraction.append(stats.clip_fraction)
             on = ~torch.tensor(groups[i].offpolicy, device=entropy.device)
             mask = b["completion_mask"].to(entropy.device)[on]
@@ -227,17 +259,18 @@ class UpdateLog:
     """One process's loss-side statistics for a step (plain floats, gathered for logging)."""
 
     losses: list = field(default_factory=list)  # this process's share of the step loss, per update pass
-    kl: list = field(default_factory=list)  # per micro-batch (group)
+    kl: list = field(default_factory=list)  # per micro-batch (group), on-policy rows
+    kl_offpolicy: list = field(default_factory=list)  # the GT rows (k3 on a row nobody sampled: not a KL estimate)
     clip_fraction: list = field(default_factory=list)
     entropy: list = field(default_factory=list)  # on-policy rows only
 
 
-def reference_logprobs(ref_model, model, batch):
-    """pi_ref: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
+def reference_logprobs(ref_model, model, batch, temperature: float = 1.0):
+    """pi_ref at the sampling temperature: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
     if ref_model is not None:
-        return qwen_vl.completion_logprobs(ref_model, batch)
+        return qwen_vl.completion_logprobs(ref_model, batch, temperature=temperature)
     with qwen_vl_peft(model).disable_adapter():
-        return qwen_vl.completion_logprobs(model, batch)
+        return qwen_vl.completion_logprobs(model, batch, temperature=temperature)
 
 
 def qwen_vl_peft(model):
@@ -298,10 +331,13 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
         "iou/mean_onpolicy": float(iou[on].mean()) if on.any() else None,
         "adv/offpolicy": float(adv[off].mean()) if off.any() else None,
         "adv/frac_onpolicy_negative": float((adv[on] < 0).mean()) if on.any() else None,
+        # groups whose GT row teaches nothing (anchoring's tied groups, tied groups under any strategy)
+        "adv/frac_offpolicy_zero": float((adv[off] == 0).mean()) if off.any() else None,
         "format/rate": float(fmt[on].mean()) if cot and on.any() else None,
         "parse/failure_rate": float(1 - parsed[on].mean()) if on.any() else None,
         "loss/value": float(np.mean([sum(x[k] for x in losses) for k in range(passes)])) if passes else None,
-        "loss/kl": mean(lambda r: r["update"].kl),
+        "loss/kl": mean(lambda r: r["update"].kl),  # on-policy rows only
+        "loss/kl_offpolicy": mean(lambda r: r["update"].kl_offpolicy),
         "loss/clip_fraction": mean(lambda r: r["update"].clip_fraction),
         "policy/entropy": mean(lambda r: r["update"].entropy),
         "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
