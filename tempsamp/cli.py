@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tempsamp",
         description="TempSamp-R1: mixed-policy RL fine-tuning of video LLMs for temporal grounding.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -35,12 +37,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: `tempsamp train ... --debug` works too
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    return int(args.func(args) or 0)
+    if debug:
+        return int(args.func(args) or 0)
+    return run_reporting_errors(args)
+
+
+def run_reporting_errors(args) -> int:
+    """Run a command; bad input and stops become one line on stderr and a non-zero exit.
+
+    Exit codes: 2 bad input (UserError, and ValueError/OSError raised while reading input),
+    1 a run that stopped on purpose after saving its work (RunStopped), 130 interrupted.
+    Other exceptions are bugs and keep their traceback.
+    """
+    import signal
+
+    from tempsamp.errors import RunStopped, UserError
+
+    name = f"tempsamp {args.command}"
+    previous = _sigterm_as_interrupt(signal)
+    try:
+        return int(args.func(args) or 0)
+    except RunStopped as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return err.exit_code
+    except UserError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; what was finished is saved (rerun the same command to continue)", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        print(f"{name}: error: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt(signal):
+    """SIGTERM raises KeyboardInterrupt like Ctrl-C, so files are closed and the stop is reported."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line; OSErrors say which file."""
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(err.args[-1]):
+        return f"{err.filename}: {err.strerror or err}"
+    text = str(err) or type(err).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
         learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
         total_pixels=video.total_pixels, frame_cache=video.cache_dir, save_every=10**9, keep_last=1,
     )
-    eval_kwargs = dict(video=video, max_new_tokens=size.max_new_tokens, progress=False)
+    # overwrite: answers made by another model or settings (an older demo's) are replaced, not refused
+    eval_kwargs = dict(video=video, max_new_tokens=size.max_new_tokens, progress=False, overwrite=True, say=lambda _: None)
 
     log(f"   evaluating the start model on {len(test)} held-out queries")
     start_metrics = evaluate(str(start), test, work / f"eval-start-{size_name}", ("answer",), **eval_kwargs)["answer"]

@@ -6,6 +6,16 @@
 
 With one update per rollout (the paper's setting) old_logp = logp.detach(), so rho = 1 and the
 off-policy row's gradient is A_G * grad log pi(GT): an advantage-weighted likelihood term.
+
+Off-policy rows (``offpolicy``) under several updates per rollout: their "old" log-probs are not a
+behaviour policy (nobody sampled the GT), and clipping their ratio stops a low-probability GT token
+from learning once it passes 1 + eps. ``offpolicy_loss="luffy"`` treats them as LUFFY does
+(Yan et al. 2025, arXiv 2504.14945): behaviour probability 1, so the ratio is pi_theta itself, no
+clipping, and optional policy shaping f(p) = p / (p + gamma) (gamma = 0.1 in LUFFY; 0 = off):
+    loss_t = -A * f(exp(logp_t))        for tokens of off-policy rows
+The default ``"ratio"`` treats them like on-policy tokens (the paper's one-update setting, where
+rho = 1 and both readings differ only by LUFFY's weighting); the trainer refuses ``"ratio"`` with
+more than one update per rollout (tempsamp.train.config).
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ class LossStats:
     """Diagnostics of one loss evaluation (plain floats, ready to log)."""
 
     policy_loss: float
-    kl: float
+    kl: float  # k3 per token over the on-policy rows (the GT row was never sampled: k3 there estimates nothing)
+    kl_offpolicy: float | None  # the same over the off-policy rows; None when there are none
     clip_fraction: float
     ratio_min: float
     ratio_max: float
@@ -40,6 +51,9 @@ def grpo_loss(
     clip_eps_high: float | None = None,
     aggregation: str = "token_mean",
     normalizer: float | None = None,
+    offpolicy: torch.Tensor | None = None,
+    offpolicy_loss: str = "ratio",
+    luffy_gamma: float = 0.1,
 ) -> tuple[torch.Tensor, LossStats]:
     """Loss (scalar, to minimise) and statistics for completions of one or more groups.
 
@@ -52,17 +66,29 @@ def grpo_loss(
       "sequence_mean" mean over rows of each row's token mean (the original GRPO form).
     normalizer: with gradient accumulation over micro-batches, pass the step's total token count
       (token_mean) or row count (sequence_mean) so the accumulated gradient equals one big batch's.
+    offpolicy: [N] bool, the off-policy (GT) rows; None = all on-policy.
+    offpolicy_loss: "ratio" (off-policy tokens like on-policy ones) or "luffy" (see the module doc).
     """
     if aggregation not in ("token_mean", "sequence_mean"):
         raise ValueError(f"aggregation must be 'token_mean' or 'sequence_mean', not {aggregation!r}")
+    if offpolicy_loss not in ("ratio", "luffy"):
+        raise ValueError(f"offpolicy_loss must be 'ratio' or 'luffy', not {offpolicy_loss!r}")
     mask = mask.to(logp.dtype)
+    off = torch.zeros(logp.shape[0], dtype=torch.bool, device=logp.device) if offpolicy is None else offpolicy.to(logp.device).bool()
+    off_tok = off.unsqueeze(-1).expand_as(logp)
     adv = advantages.to(logp.dtype).unsqueeze(-1)
     old = logp.detach() if old_logp is None else old_logp
     ratio = torch.exp(logp - old)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * adv
-    per_token = -torch.minimum(unclipped, clipped)
+    surrogate = torch.minimum(unclipped, clipped)
+    if offpolicy_loss == "luffy" and bool(off.any()):
+        p = torch.exp(logp)
+        shaped = p / (p + luffy_gamma) if luffy_gamma > 0 else p
+        surrogate = torch.where(off_tok, shaped * adv, surrogate)
+        clipped = torch.where(off_tok, unclipped, clipped)  # never clipped: for the clip statistics
+    per_token = -surrogate
     if ref_logp is not None and beta != 0.0:
         delta = ref_logp - logp
         kl = torch.exp(delta) - delta - 1.0
@@ -80,9 +106,11 @@ def grpo_loss(
         n = mask.sum().clamp(min=1.0)
         real = mask.bool()
         ratios = ratio[real] if real.any() else torch.ones(1, dtype=ratio.dtype)
+        on_mask, off_mask = mask * (~off_tok), mask * off_tok
         stats = LossStats(
-            policy_loss=float((-torch.minimum(unclipped, clipped) * mask).sum() / n),
-            kl=float((kl * mask).sum() / n),
+            policy_loss=float((-surrogate * mask).sum() / n),
+            kl=float((kl * on_mask).sum() / on_mask.sum().clamp(min=1.0)),
+            kl_offpolicy=float((kl * off_mask).sum() / off_mask.sum().clamp(min=1.0)) if bool(off_mask.any()) else None,
             # tokens where min() picks the clipped term: their gradient is zero
             clip_fraction=float(((clipped < unclipped).to(mask.dtype) * mask).sum() / n),
             ratio_min=float(ratios.min()),

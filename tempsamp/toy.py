@@ -82,6 +82,7 @@ class ToyConfig:
     group_size: int = 8  # G: G-1 sampled + 1 GT for TempSamp strategies, G sampled for grpo
     lr: float = 3e-3
     beta: float = 0.0
+    anchor_tied: str = "joint"  # anchoring's rule for groups whose on-policy rewards tie (advantages.py)
     eval_every: int = 15
     train_eval: int = 64  # training videos scored greedily at each curve point (a memorisation check)
 
@@ -263,7 +264,7 @@ def train_step(policy, optimizer, frames, queries, spans, strategy: str, cfg: To
     if strategy == REFERENCE:
         advantages = torch.ones_like(rewards)
     else:
-        advantages = group_advantages(rewards, offpolicy, strategy)
+        advantages = group_advantages(rewards, offpolicy, strategy, anchor_tied=cfg.anchor_tied)
 
     logp = decision_logprobs(start_logits, end_logits, decisions).flatten(0, 1)  # [B*G', 2]
     ref_logp = None
@@ -287,6 +288,8 @@ def train_step(policy, optimizer, frames, queries, spans, strategy: str, cfg: To
         "top1_iou": float(on_rewards.max(-1).values.mean()) if n_sampled else float("nan"),
         "onpolicy_iou": float(on_rewards.mean()) if n_sampled else float("nan"),
         "n_onpolicy": int(on.sum()),
+        # groups whose GT row gets advantage 0 (they teach nothing about the annotation)
+        "frac_gt_adv_zero": float((advantages[offpolicy] == 0).double().mean()) if bool(offpolicy.any()) else float("nan"),
     }
 
 
@@ -313,6 +316,7 @@ def run_toy(strategy: str, seed: int, cfg: ToyConfig | None = None, *, on_step=N
             "train_miou": greedy_miou(policy, train_probe, task.bin_seconds),
             "top1_iou": float(np.mean([w["top1_iou"] for w in window])) if window else float("nan"),
             "onpolicy_iou": float(np.mean([w["onpolicy_iou"] for w in window])) if window else float("nan"),
+            "frac_gt_adv_zero": float(np.mean([w["frac_gt_adv_zero"] for w in window])) if window else float("nan"),
         }
 
     train_probe = ToySplit(

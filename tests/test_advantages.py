@@ -144,3 +144,19 @@ def test_bonus_joins_after_shaping():
     # a group tied on task reward but not on format still gets a signal
     tied_task = torch.zeros(1, 4, dtype=torch.float64)
     assert group_advantages(tied_task, off, "shaping", bonus=fmt).abs().sum() > 0
+
+
+def test_anchor_tied_rule_literal_and_joint():
+    r, off = group(1.0, [0.0] * 7)
+    assert group_advantages(r, off, "anchor", anchor_tied="literal").abs().sum() == 0
+    joint = group_advantages(r, off, "anchor", anchor_tied="joint")
+    expected = group_advantages(r, off, "mixed")[0, 0]
+    assert float(joint[0, 0]) == pytest.approx(float(expected)) and joint[0, 1:].abs().sum() == 0
+    # never a push away from the GT: a GT below tied on-policy rows gets 0, not a negative advantage
+    low, off = group(0.9, [1.0] * 7)
+    assert group_advantages(low, off, "anchor", anchor_tied="joint").abs().sum() == 0
+    # groups that are not tied keep the paper's rule under both
+    r, off = group(1.0, [0.1, 0.4, 0.7])
+    torch.testing.assert_close(group_advantages(r, off, "anchor", anchor_tied="joint"), group_advantages(r, off, "anchor", anchor_tied="literal"))
+    with pytest.raises(ValueError, match="anchor_tied"):
+        group_advantages(r, off, "anchor", anchor_tied="sometimes")

@@ -1,5 +1,7 @@
 """The clipped GRPO loss with k3 KL."""
 
+import math
+
 import pytest
 import torch
 
@@ -75,3 +77,62 @@ def test_normalizer_makes_accumulation_equal_one_batch():
 def test_unknown_aggregation_is_refused():
     with pytest.raises(ValueError, match="aggregation"):
         grpo_loss(torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), aggregation="sum")
+
+
+def test_kl_term_gradient_is_beta_times_one_minus_ratio_to_reference():
+    """d/dlogp [beta * (exp(ref - logp) - (ref - logp) - 1)] = beta * (1 - exp(ref - logp)), per token / n."""
+    logp = torch.tensor([[-1.0, -0.5, -2.0]], requires_grad=True)
+    ref = torch.tensor([[-2.0, -0.5, -1.0]])
+    beta = 0.3
+    loss, _ = grpo_loss(logp, torch.zeros(1), torch.ones(1, 3), ref_logp=ref, beta=beta)
+    loss.backward()
+    expected = beta * (1 - torch.exp(ref - logp.detach())) / 3
+    torch.testing.assert_close(logp.grad, expected)
+    assert logp.grad[0, 1] == 0 and logp.grad[0, 0] > 0 > logp.grad[0, 2]
+
+
+def test_clipping_with_a_negative_advantage():
+    """A < 0: min(rho A, clip(rho) A) keeps the more pessimistic term: rho = 1.5 unclipped (-1.5 < -1.2),
+    rho = 0.5 clipped at 0.8 (-0.8 < -0.5), so only the low-ratio token stops learning."""
+    logp = torch.log(torch.tensor([[1.5, 0.5]])).requires_grad_(True)
+    loss, stats = grpo_loss(logp, torch.tensor([-1.0]), torch.ones(1, 2), old_logp=torch.zeros(1, 2), beta=0.0, clip_eps=0.2)
+    assert float(loss.detach()) == pytest.approx((1.5 + 0.8) / 2)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[1.5 / 2, 0.0]]))
+    assert stats.clip_fraction == pytest.approx(0.5)
+
+
+def test_luffy_offpolicy_rows_are_not_clipped_and_use_shaped_probability():
+    logp = torch.log(torch.tensor([[0.2, 0.6], [0.2, 0.6]])).requires_grad_(True)
+    old = logp.detach() - 1.0  # ratio e ~ 2.7: far past 1 + eps
+    adv = torch.tensor([1.0, 1.0])
+    off = torch.tensor([False, True])
+    loss, stats = grpo_loss(logp, adv, torch.ones(2, 2), old_logp=old, beta=0.0, offpolicy=off, offpolicy_loss="luffy", luffy_gamma=0.1)
+    loss.backward()
+    p = torch.tensor([0.2, 0.6])
+    assert logp.grad[0].abs().sum() == 0  # the on-policy row is clipped (rho > 1 + eps, A > 0)
+    torch.testing.assert_close(logp.grad[1], -(0.1 * p / (p + 0.1) ** 2) / 4)  # d f(p)/d logp = gamma p / (p + gamma)^2
+    assert stats.clip_fraction == pytest.approx(0.5)
+    plain, _ = grpo_loss(logp.detach(), adv, torch.ones(2, 2), old_logp=old, beta=0.0, offpolicy=off, offpolicy_loss="luffy", luffy_gamma=0.0)
+    assert float(plain) == pytest.approx(-(1.2 + 1.2 + 0.2 + 0.6) / 4)  # gamma 0: f(p) = p
+    ratio, _ = grpo_loss(logp.detach(), adv, torch.ones(2, 2), old_logp=old, beta=0.0, offpolicy=off)
+    assert float(ratio) == pytest.approx(-1.2)  # default: the GT row is clipped like the others
+
+
+def test_kl_statistics_split_on_and_off_policy_rows():
+    logp = torch.tensor([[-1.0], [-1.0]])
+    ref = torch.tensor([[-1.0], [-2.0]])
+    _, stats = grpo_loss(logp, torch.zeros(2), torch.ones(2, 1), ref_logp=ref, offpolicy=torch.tensor([False, True]))
+    assert stats.kl == 0.0 and stats.kl_offpolicy == pytest.approx(math.exp(-1) + 1 - 1)
+    _, none = grpo_loss(logp, torch.zeros(2), torch.ones(2, 1), ref_logp=ref)
+    assert none.kl_offpolicy is None
+
+
+def test_luffy_offpolicy_rows_with_negative_advantage_are_not_clipped_either():
+    logp = torch.log(torch.tensor([[0.2, 0.6]])).requires_grad_(True)
+    old = logp.detach() + 1.0  # ratio 1/e: below 1 - eps, where clipping bites for A < 0
+    loss, _ = grpo_loss(logp, torch.tensor([-1.0]), torch.ones(1, 2), old_logp=old, beta=0.0,
+                        offpolicy=torch.tensor([True]), offpolicy_loss="luffy", luffy_gamma=0.0)
+    assert float(loss.detach()) == pytest.approx((0.2 + 0.6) / 2)  # -A * p, not -A * 0.8
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.2, 0.6]]) / 2)

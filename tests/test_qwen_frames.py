@@ -102,16 +102,22 @@ def test_cache_keeps_the_two_samplings_apart(tmp_path):
 
 def test_config_and_cli_carry_the_option():
     from tempsamp.cli import build_parser
-    from tempsamp.evaluation.run_cli import _video_settings
+    from tempsamp.evaluation.run_cli import _video_settings, resolve_settings
     from tempsamp.train.config import TrainConfig
 
     with pytest.raises(ValueError, match="frame_sampling"):
         TrainConfig(frame_sampling="uniform").validate()
     assert TrainConfig(frame_sampling="qwen").validate().frame_sampling == "qwen"
-    args = build_parser().parse_args(["predict", "--model", "m", "v.mp4", "q", "--frame-sampling", "qwen"])
-    settings = _video_settings(args)
+
+    def video(argv, trained=None):
+        args = build_parser().parse_args(argv)
+        return _video_settings(resolve_settings(args, trained, say=lambda _: None), args.frame_cache)
+
+    settings = video(["predict", "--model", "m", "v.mp4", "q", "--frame-sampling", "qwen"])
     assert (settings.frame_sampling, settings.max_frames) == ("qwen", 768)
-    assert _video_settings(build_parser().parse_args(["predict", "--model", "m", "v.mp4", "q"])).max_frames == 256
+    assert video(["predict", "--model", "m", "v.mp4", "q"]).max_frames == 256
+    # a run trained with qwen sampling is evaluated with it unless told otherwise
+    assert video(["predict", "--model", "m", "v.mp4", "q"], {"frame_sampling": "qwen"}).frame_sampling == "qwen"
 
 
 def test_resume_reads_a_config_saved_before_the_option_as_its_default(tmp_path):

@@ -134,12 +134,11 @@ def test_eval_without_mixed_mode_skips_the_log_prob_forward(tiny_small_vocab_mod
     inference.evaluate(str(tiny_small_vocab_model_dir), examples, out, ["answer"], video=video, max_new_tokens=6,
                        progress=False, batch_size=2)
     assert calls == []  # one generation per query, nothing else
-    records = inference.read_done(out / "generations.jsonl")
-    assert all(r["scored"] is False and math.isnan(r["answer"]["logprob"]) for r in records.values())
-    # asking for mixed later: those records lack the log-probs, so they are made again, scored
+    records = inference.read_records(out / "generations.jsonl")
+    assert len(records) == 2 and all(r["scored"] is False and math.isnan(r["logprob"]) for r in records)
+    # asking for mixed later: those answers lack the log-probs, so they are made again, scored
     inference.evaluate(str(tiny_small_vocab_model_dir), examples, out, ["mixed"], video=video, max_new_tokens=6,
                        progress=False, batch_size=2)
     assert len(calls) == 4  # answer and cot, two queries
-    records = inference.read_done(out / "generations.jsonl")
-    assert all(r["scored"] and math.isfinite(r["answer"]["logprob"]) and math.isfinite(r["cot"]["logprob"])
-               for r in records.values())
+    latest = {(r["qid"], r["mode"]): r for r in inference.read_records(out / "generations.jsonl")}
+    assert len(latest) == 4 and all(r["scored"] and math.isfinite(r["logprob"]) for r in latest.values())

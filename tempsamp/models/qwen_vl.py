@@ -312,6 +312,20 @@ def completion_ids(processor, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [stop_token_ids(processor)[0]]
 
 
+def completion_loss_mask(processor, text: str, exclude: tuple[int, int]) -> list[float]:
+    """Per token of ``completion_ids(processor, text)``: 0.0 for tokens whose characters lie wholly
+    inside ``text[exclude[0]:exclude[1]]``, else 1.0 (the stop token is always 1.0).
+
+    Used to keep the GT row's fixed think sentence out of the loss; a token straddling the
+    boundary stays in (it is partly answer or tag).
+    """
+    tokenizer = _tokenizer(processor)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    start, end = exclude
+    mask = [0.0 if start <= a and b <= end and b > a else 1.0 for a, b in encoded["offset_mapping"]]
+    return mask + [1.0]
+
+
 def placeholder_token_ids(model) -> list[int]:
     """The image and video placeholder token ids of the model's config (never a valid output)."""
     config = unwrap(getattr(model, "module", model)).config

@@ -50,9 +50,59 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = checkpoints(output_dir)
-    return found[-1] if found else None
+def latest_checkpoint(output_dir: str | Path, on_damaged=None) -> Path | None:
+    """The newest intact checkpoint (``verify_checkpoint``); damaged newer ones are passed over.
+
+    ``on_damaged(message)`` is told about each one passed over, naming the damaged file.
+    """
+    for path in reversed(checkpoints(output_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        if on_damaged is not None:
+            on_damaged(f"skipping damaged {path.name}: {problem}")
+    return None
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None when every file of the checkpoint reads back whole, else what is wrong with which file.
+
+    Cheap (no tensor is loaded): each JSON file parses; each safetensors file has a readable header
+    whose tensors end exactly at the end of the file (a truncated or padded file does not); the
+    model folder holds weights. Files of other kinds (e.g. sharded optimizer state) are not opened.
+    """
+    path = Path(path)
+    model_dir = path / "model"
+    if not model_dir.is_dir() or not any(model_dir.glob("*.safetensors")):
+        return f"{model_dir}: no model weights (*.safetensors)"
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".safetensors":
+                problem = _safetensors_problem(file)
+                if problem:
+                    return f"{file}: {problem}"
+        except (OSError, ValueError) as err:
+            return f"{file}: unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes, no header)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"truncated (header of {n} bytes, file of {size})"
+        header = json.loads(f.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + n + max(ends, default=0)
+    if expected != size:
+        return f"truncated ({size} bytes, its header needs {expected})" if size < expected else f"{size - expected} bytes too many"
+    return None
 
 
 def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: dict, keep_last: int = 2,
@@ -216,6 +266,9 @@ def load_checkpoint(path, model_param_loader, optimizer, rank: int = 0) -> dict:
     shards). Each process restores its own RNG state (rank 0's where the run had fewer processes).
     """
     path = Path(path)
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} is damaged: {problem}")
     if model_param_loader is not None:
         model_param_loader(path / "model")
     if optimizer is not None:

@@ -10,8 +10,12 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="RL fine-tuning with TempSamp-R1 or a baseline (a YAML recipe + key=value overrides)")
     p.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. charades_tempsamp, tiny_cpu)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key, e.g. strategy=grpo learning_rate=2e-6")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (the schedule still spans the recipe)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in output_dir (damaged ones are named and passed "
+                        "over); without one: an error, unless --allow-fresh")
+    p.add_argument("--allow-fresh", action="store_true", help="with --resume: start at step 0 when there is no checkpoint")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop after this many steps in total, with a checkpoint (the schedule still spans the recipe)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
         "--num-processes", type=int, default=1, metavar="N",
@@ -37,16 +41,24 @@ def run_train(args) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet under a launcher
-        import subprocess
-
+        # This process becomes torchrun (exec, not a child): a SIGTERM from a scheduler or a
+        # Ctrl-C reaches torchrun, which passes it to the trainers, which checkpoint and stop.
+        # A child launcher would die alone and leave the trainers running unsupervised.
         command, env = launch_command(args)
-        return subprocess.run(command, env=env).returncode
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(command[0], command, env)
+    if args.resume and not args.allow_fresh:  # before loading anything: say it at once
+        from tempsamp.errors import UserError
+        from tempsamp.train.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(cfg.output_dir) is None:
+            raise UserError(f"--resume: no intact checkpoint in {cfg.output_dir}; check output_dir, or add --allow-fresh "
+                            "to start at step 0")
     from tempsamp.train.loop import train
 
-    out = train(cfg, resume=args.resume, max_steps=args.max_steps)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"run written to {out}")
-    return 0
+    train(cfg, resume=args.resume, max_steps=args.max_steps, require_checkpoint=not args.allow_fresh)
+    return 0  # train's last line (main process) says what was done and where the checkpoint is
 
 
 def launch_command(args) -> tuple[list[str], dict]:
@@ -58,10 +70,24 @@ def launch_command(args) -> tuple[list[str], dict]:
     train_args = [args.recipe, *args.overrides]
     if args.resume:
         train_args.append("--resume")
+    if args.allow_fresh:
+        train_args.append("--allow-fresh")
     if args.max_steps is not None:
         train_args += ["--max-steps", str(args.max_steps)]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.num_processes)]
     return [*launcher, "-m", "tempsamp", "train", *train_args], dict(os.environ)
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def run_plot(args) -> int:

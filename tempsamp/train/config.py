@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from tempsamp.advantages import STRATEGIES
+from tempsamp.advantages import ANCHOR_TIED, STRATEGIES
+from tempsamp.errors import UserError, closest
 from tempsamp.prompts import MODES
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -62,6 +63,7 @@ class TrainConfig:
     # algorithm
     strategy: str = "shaping"  # grpo | mixed | reward_scaling | anchor | shaping | shaping+anchor
     lambda_off: float = 1.2
+    anchor_tied: str = "joint"  # anchoring when every on-policy reward ties: literal (A_G = 0) | joint (advantages.py)
     offpolicy_scale: float = 0.8
     tau: float = 0.8
     alpha1: float = 0.01
@@ -71,8 +73,15 @@ class TrainConfig:
     beta: float = 0.04
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
-    aggregation: str = "token_mean"
+    aggregation: str = "token_mean"  # token_mean | sequence_mean (the paper recipes: sequence_mean, docs/decisions.md)
     updates_per_rollout: int = 1  # the paper: 1 (pi_old = pi_theta)
+    # the GT row's loss with several updates per rollout: "ratio" (like on-policy tokens; refused with
+    # updates_per_rollout > 1) | "luffy" (no clipping, behaviour prob 1, shaping p/(p + luffy_gamma)); tempsamp.loss
+    offpolicy_loss: str = "ratio"
+    luffy_gamma: float = 0.1  # 0: no policy shaping (f(p) = p)
+    # CoT stages: the GT row's think sentence in the loss? "train" | "mask" (tags and answer still train)
+    gt_think_loss: str = "mask"
+    highlight_f2: str = "windows"  # the highlight reward's F2: over windows (IoU-matched) | over clips (rewards.py)
     format_weight: float = 1.0  # weight of the format reward in CoT stages
     lambda_rec: float = 0.5  # highlight reward weights (tempsamp.rewards.timestamp_reward)
     lambda_score: float = 0.5
@@ -96,6 +105,11 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 1
     spike_factor: float = 10.0  # a loss above this many times the running median is logged as a spike
+
+    # failing loudly (tempsamp/train/guards.py; docs/decisions.md, "Failing loudly")
+    preflight_videos: int = 200  # training videos opened before step 0 (all when fewer; 0: no check)
+    max_unreadable_fraction: float = 0.1  # more unreadable videos than this (of those checked): stop before step 0
+    max_skipped_fraction: float = 0.1  # more skipped steps than this fraction of the run's steps: stop, exit 1
 
     @property
     def total_steps(self) -> int:
@@ -137,26 +151,77 @@ class TrainConfig:
                              "vLLM is not supported yet; use distributed=ddp or zero2, or rollout_engine=transformers")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
+        for key, allowed in (("anchor_tied", ANCHOR_TIED), ("offpolicy_loss", ("ratio", "luffy")),
+                             ("gt_think_loss", ("train", "mask")), ("highlight_f2", ("windows", "clips"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.updates_per_rollout < 1:
+            raise ValueError(f"updates_per_rollout: {self.updates_per_rollout} must be at least 1")
+        if self.updates_per_rollout > 1 and self.uses_offpolicy and self.offpolicy_loss == "ratio":
+            raise ValueError(
+                f"updates_per_rollout={self.updates_per_rollout} with strategy {self.strategy!r}: the GT row was never "
+                "sampled, so clipping its ratio to the pre-update policy stops a low-probability GT token from learning. "
+                "Set offpolicy_loss=luffy (no clipping for the GT row) or updates_per_rollout=1")
+        for key in ("max_unreadable_fraction", "max_skipped_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _coerce(key: str, value):
-    """Give a value its field's type: YAML 1.1 reads ``2e-6`` as a string, users write it anyway."""
+class ConfigError(UserError):
+    """A recipe or override that cannot be used: names the file and line, or the key."""
+
+
+def _coerce(key: str, value, where: str = "config"):
+    """Give a value its field's type: YAML 1.1 reads ``2e-6`` as a string, users write it anyway.
+
+    A value that cannot take the type (``learning_rate=abc``, ``lora=maybe``) is a ConfigError
+    naming ``where`` (the recipe file, or "command line") and the key.
+    """
     kind = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}.get(key, "")
-    if isinstance(value, str) and value.lower() in ("none", "null", "~") and "None" in kind:
-        return None
-    try:
-        if isinstance(value, str) and kind.startswith("float"):
+    base = kind.split()[0] if kind else ""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{where}: {key}: needs a value of type {base}, got nothing")
+    noun = {"bool": "true or false", "float": "a number", "int": "an integer", "str": "a string"}.get(base, f"a {base}")
+    bad = ConfigError(f"{where}: {key}: {value!r} is not {noun}")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise bad
+    if base == "float":
+        if isinstance(value, bool):
+            raise bad
+        try:
             return float(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and kind.startswith("float"):
-            return float(value)
-        if isinstance(value, str) and kind.startswith("int"):
+        except (TypeError, ValueError):
+            raise bad from None
+    if base == "int":
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-    except ValueError:
-        raise ValueError(f"config key {key!r}: {value!r} is not a {kind.split()[0]}") from None
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise bad from None
+    if base == "str":
+        if key == "train_annotations" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value  # several annotation files
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. output_dir=2024
+        if not isinstance(value, str):
+            raise bad
+    if base == "list" and not isinstance(value, list):
+        raise ConfigError(f"{where}: {key}: expected a list, got {value!r}")
     return value
 
 
@@ -165,35 +230,81 @@ def _find_recipe(recipe: str | Path) -> Path:
     if not path.exists() and (RECIPES_DIR / f"{recipe}.yaml").exists():
         path = RECIPES_DIR / f"{recipe}.yaml"
     if not path.exists():
-        shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"recipe {recipe!r} not found (shipped recipes: {shipped})")
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise RecipeNotFound(f"recipe {str(recipe)!r} not found{closest(Path(str(recipe)).stem, names)}: "
+                             f"give a recipe file or one of the shipped recipes ({', '.join(names)})")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a recipe file")
     return path
 
 
+class RecipeNotFound(ConfigError, FileNotFoundError):
+    """No such recipe file or shipped recipe."""
+
+
+def _read_yaml(path: Path):
+    """A YAML file's content; syntax errors and undecodable bytes name file and line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the recipe is empty; it needs at least the keys that differ from the defaults "
+                          "(see tempsamp/recipes/tiny_cpu.yaml)")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)  # where the construct began
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error ({problem})") from None
+
+
 def read_recipe(recipe: str | Path, _seen: tuple = ()) -> dict:
-    """A recipe's keys; ``base: OTHER`` first loads OTHER (a shipped name or a path) and overrides it."""
+    """A recipe's keys; ``base: OTHER`` first loads OTHER (a shipped name or a path) and overrides it.
+
+    Every value is coerced and checked here, so an error names the file that holds it.
+    """
     path = _find_recipe(recipe)
-    values = yaml.safe_load(path.read_text()) or {}
+    values = _read_yaml(path)
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a recipe is a mapping of TrainConfig keys")
+        raise ConfigError(f"{path}: a recipe is a mapping of TrainConfig keys (key: value lines), got {type(values).__name__}")
     base = values.pop("base", None)
+    _check_keys(values, str(path))
+    values = {k: _coerce(k, v, f"{path}") for k, v in values.items()}
     if base is None:
         return values
     if str(base) in _seen:
-        raise ValueError(f"{path}: recipe inheritance loops through {base!r}")
+        raise ConfigError(f"{path}: recipe inheritance loops through {base!r}")
     return {**read_recipe(base, _seen + (str(base),)), **values}
+
+
+def _check_keys(values: dict, where: str) -> None:
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown config key {key!r}{closest(str(key), known)}")
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """A recipe (path, or the name of a shipped recipe) plus ``key=value`` overrides."""
     values = read_recipe(recipe) if recipe else {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        values[key.strip()] = yaml.safe_load(value) if value else ""
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+            raise ConfigError(f"command line: override {item!r} is not key=value")
+        key = key.strip()
+        _check_keys({key: None}, "command line")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"command line: {key}: {value!r} is not a YAML value ({getattr(err, 'problem', err)})") from None
+        values[key] = _coerce(key, parsed, "command line")
+    try:
+        return TrainConfig(**values).validate()
+    except UserError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{recipe or 'config'}: {err}") from None

@@ -31,8 +31,11 @@ from tempsamp.advantages import group_advantages, shape_rewards
 from tempsamp.loss import grpo_loss
 from tempsamp.models import qwen_vl
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
+from tempsamp.errors import RunStopped, UserError
+from tempsamp.train import guards
 from tempsamp.train.checkpoint import (
-    begin_checkpoint, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights, save_rng,
+    begin_checkpoint, checkpoints, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights,
+    save_rng,
 )
 from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
@@ -51,6 +54,9 @@ class Group:
     texts: list
     offpolicy: list
     generated_tokens: int = 0
+    # per row: None (every completion token trains) or a 0/1 list over its tokens (the GT row's
+    # think sentence masked out in CoT stages, cfg.gt_think_loss)
+    loss_masks: list = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +72,8 @@ class Counters:
     empty_completions: int = 0
     parse_failures: int = 0
     skipped_steps: int = 0
+    skipped_no_video: int = 0  # the two causes of skipped_steps
+    skipped_non_finite: int = 0
     loss_spikes: int = 0
     losses: list = field(default_factory=list)  # recent losses, for spike detection
 
@@ -90,7 +98,10 @@ def load_training_examples(cfg: TrainConfig):
     files = cfg.train_annotations if isinstance(cfg.train_annotations, list) else [cfg.train_annotations]
     examples = []
     for path in files:
-        examples += load_examples(path, cfg.dataset, durations=cfg.durations, videos=cfg.videos, lenient=cfg.lenient_annotations)
+        found = load_examples(path, cfg.dataset, durations=cfg.durations, videos=cfg.videos, lenient=cfg.lenient_annotations)
+        if not found:
+            raise UserError(f"{path}: no queries in the annotation file (train_annotations)")
+        examples += found
     if cfg.few_shot_fraction < 1.0:
         examples = few_shot(examples, cfg.few_shot_fraction, seed=cfg.seed)
     return examples
@@ -131,13 +142,15 @@ def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest
     for example, request, (ids, texts) in zip(examples, requests, engine.sample_batch(requests)):
         ids, texts, offpolicy = list(ids), list(texts), [False] * len(ids)
         n_sampled = len(ids)
+        loss_masks = [None] * n_sampled
         if cfg.uses_offpolicy:
             gt_text = offpolicy_text(example, mode)
             ids.append(qwen_vl.completion_ids(processor, gt_text))
             texts.append(gt_text)
             offpolicy.append(True)
+            loss_masks.append(gt_loss_mask(cfg, processor, gt_text, mode))
         groups.append(Group(example, request.prompt_inputs, ids, texts, offpolicy,
-                            generated_tokens=sum(len(i) for i in ids[:n_sampled])))
+                            generated_tokens=sum(len(i) for i in ids[:n_sampled]), loss_masks=loss_masks))
     return groups
 
 
@@ -145,6 +158,25 @@ def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_
     """One query alone (the same samples as in any batch: they depend on its seed only)."""
     request = prepare_query(cfg, processor, device, example, mode, seed, load_frames)
     return rollout_step(cfg, engine, processor, [example], [request], mode)[0]
+
+
+def gt_loss_mask(cfg, processor, gt_text: str, mode: str):
+    """CoT stages with gt_think_loss=mask: the GT row's think *sentence* leaves the loss (it is the same
+    for every query; pushed each step with the group's largest advantage it invites the policy's
+    reasoning to collapse into it). Its tags and answer still train, so the format is still taught."""
+    if mode != COT or cfg.gt_think_loss != "mask" or "</think>" not in gt_text:
+        return None
+    start = gt_text.index("<think>") + len("<think>")
+    return qwen_vl.completion_loss_mask(processor, gt_text, (start, gt_text.index("</think>")))
+
+
+def loss_mask(batch, group: Group) -> torch.Tensor:
+    """The tokens the loss counts: the completion mask, less each row's masked-out tokens."""
+    mask = batch["completion_mask"].clone()
+    for row, row_mask in enumerate(group.loss_masks):
+        if row_mask is not None:
+            mask[row, : len(row_mask)] *= torch.tensor(row_mask, dtype=mask.dtype, device=mask.device)
+    return mask
 
 
 def offpolicy_text(example, mode: str) -> str:
@@ -162,7 +194,8 @@ def offpolicy_text(example, mode: str) -> str:
 def score(cfg, groups: list[Group], cot: bool, counters: Counters):
     """``counters`` receives this process's parse failures, empty completions and NaN rewards."""
     """Rewards [groups, G] (task and format) and the off-policy mask, plus per-group scores for logging."""
-    scores = [score_group(g.example, g.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score) for g in groups]
+    scores = [score_group(g.example, g.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score,
+                          highlight_f2=cfg.highlight_f2) for g in groups]
     for g, s in zip(groups, scores):
         on = ~np.array(g.offpolicy)
         counters.nan_rewards += s.nan_rewards
@@ -177,7 +210,7 @@ def score(cfg, groups: list[Group], cot: bool, counters: Counters):
 def advantages(cfg, task, fmt, off):
     return group_advantages(
         task, off, cfg.strategy, bonus=fmt, std=cfg.adv_std, eps=cfg.adv_eps, lambda_off=cfg.lambda_off,
-        offpolicy_scale=cfg.offpolicy_scale, tau=cfg.tau, alpha1=cfg.alpha1, alpha2=cfg.alpha2,
+        offpolicy_scale=cfg.offpolicy_scale, tau=cfg.tau, alpha1=cfg.alpha1, alpha2=cfg.alpha2, anchor_tied=cfg.anchor_tied,
     )
 
 
@@ -189,19 +222,22 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     finite on any process is skipped by all (gradients zeroed), never applied.
     """
     batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
+    masks = [loss_mask(b, g) for b, g in zip(batches, groups)]  # padding (and masked GT think tokens) excluded
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
     # Divided by the number of processes because DDP, FSDP and ZeRO average (not sum) the
     # processes' gradients.
     if cfg.aggregation == "sequence_mean":
         local_count = float(sum(len(g.texts) for g in groups))
     else:
-        local_count = float(sum(b["completion_mask"].sum() for b in batches))
+        local_count = float(sum(m.sum() for m in masks))
     normalizer = parallel.sum(local_count) / parallel.world
 
     log = UpdateLog()
     t0 = time.perf_counter()
     with torch.no_grad():
-        ref = [reference_logprobs(ref_model, model, b) if cfg.beta else None for b in batches]
+        # every log-prob at the sampling temperature, the reference's too (as TRL does): otherwise
+        # KL to an exact copy of the policy is not 0 at T != 1
+        ref = [reference_logprobs(ref_model, model, b, cfg.temperature) if cfg.beta else None for b in batches]
         old = [qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature) for b in batches] if cfg.updates_per_rollout > 1 else [None] * len(batches)
     log.seconds["reference"] = time.perf_counter() - t0  # with the old-policy pass when updates_per_rollout > 1
 
@@ -214,14 +250,17 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
             with parallel.micro_batch(last=i == len(batches) - 1):
                 logp, entropy = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 loss, stats = grpo_loss(
-                    logp, adv[i].to(logp.device), b["completion_mask"], old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
+                    logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
                     clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
+                    offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
                 )
                 parallel.backward(loss)
             # The step's loss is the sum of its micro-batch losses (each already divided by the
             # whole step's count); over P processes each holds P x its share, hence the / P.
             pass_loss += float(loss.detach()) / parallel.world
             log.kl.append(stats.kl)
+            if stats.kl_offpolicy is not None:
+                log.kl_offpolicy.append(stats.kl_offpolicy)
             log.clip_fraction.append(stats.clip_fraction)
             on = ~torch.tensor(groups[i].offpolicy, device=entropy.device)
             mask = b["completion_mask"].to(entropy.device)[on]
@@ -242,7 +281,8 @@ class UpdateLog:
     """One process's loss-side statistics for a step (plain floats, gathered for logging)."""
 
     losses: list = field(default_factory=list)  # this process's share of the step loss, per update pass
-    kl: list = field(default_factory=list)  # per micro-batch (group)
+    kl: list = field(default_factory=list)  # per micro-batch (group), on-policy rows
+    kl_offpolicy: list = field(default_factory=list)  # the GT rows (k3 on a row nobody sampled: not a KL estimate)
     clip_fraction: list = field(default_factory=list)
     entropy: list = field(default_factory=list)  # on-policy rows only
     # wall time of this process's phases: reference (+ old policy) pass, policy forward + backward,
@@ -250,12 +290,12 @@ class UpdateLog:
     seconds: dict = field(default_factory=lambda: {"reference": 0.0, "policy": 0.0, "optimizer": 0.0, "push": 0.0})
 
 
-def reference_logprobs(ref_model, model, batch):
-    """pi_ref: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
+def reference_logprobs(ref_model, model, batch, temperature: float = 1.0):
+    """pi_ref at the sampling temperature: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
     if ref_model is not None:
-        return qwen_vl.completion_logprobs(ref_model, batch)
+        return qwen_vl.completion_logprobs(ref_model, batch, temperature=temperature)
     with qwen_vl_peft(model).disable_adapter():
-        return qwen_vl.completion_logprobs(model, batch)
+        return qwen_vl.completion_logprobs(model, batch, temperature=temperature)
 
 
 def qwen_vl_peft(model):
@@ -316,10 +356,13 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
         "iou/mean_onpolicy": float(iou[on].mean()) if on.any() else None,
         "adv/offpolicy": float(adv[off].mean()) if off.any() else None,
         "adv/frac_onpolicy_negative": float((adv[on] < 0).mean()) if on.any() else None,
+        # groups whose GT row teaches nothing (anchoring's tied groups, tied groups under any strategy)
+        "adv/frac_offpolicy_zero": float((adv[off] == 0).mean()) if off.any() else None,
         "format/rate": float(fmt[on].mean()) if cot and on.any() else None,
         "parse/failure_rate": float(1 - parsed[on].mean()) if on.any() else None,
         "loss/value": float(np.mean([sum(x[k] for x in losses) for k in range(passes)])) if passes else None,
-        "loss/kl": mean(lambda r: r["update"].kl),
+        "loss/kl": mean(lambda r: r["update"].kl),  # on-policy rows only
+        "loss/kl_offpolicy": mean(lambda r: r["update"].kl_offpolicy),
         "loss/clip_fraction": mean(lambda r: r["update"].clip_fraction),
         "policy/entropy": mean(lambda r: r["update"].entropy),
         "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
@@ -381,8 +424,13 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
                          "Resume with the same settings, or use a new output_dir.")
 
 
-def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
-    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests)."""
+def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, require_checkpoint: bool = False) -> Path:
+    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests).
+
+    resume: continue from the newest intact checkpoint (damaged newer ones are named and passed
+    over); with ``require_checkpoint`` a missing one is a UserError instead of a fresh start.
+    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps.
+    """
     from tqdm import tqdm
 
     from tempsamp.train.parallel import Parallel
@@ -399,6 +447,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
         raise ValueError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
                          "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
+    guards.preflight_videos(examples, cfg, parallel.print)
+    if parallel.is_main:
+        from tempsamp.errors import ensure_output_dir
+
+        ensure_output_dir(out, "output_dir")
     model_path = resolve_model_path(cfg.model)
     # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
     # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
@@ -426,7 +479,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                    f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']})")
 
     counters, start = Counters(), 0
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
+    if resume and checkpoint is None and require_checkpoint:
+        damaged = f" ({len(checkpoints(out))} found, all damaged)" if checkpoints(out) else ""
+        raise UserError(f"--resume: no intact checkpoint in {out}{damaged}; check output_dir, or add --allow-fresh "
+                        "to start at step 0")
     if checkpoint is not None:
         check_resume_config(checkpoint, cfg)
         saved_world = json.loads((checkpoint / "state.json").read_text()).get("world_size", parallel.world)
@@ -474,12 +531,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                               cfg.keep_last, model_state=full_state)
         parallel.barrier()
 
-    def end_of_step(done: int) -> None:
-        """Checkpoint every save_every steps and at the end (skipped steps included), in step."""
-        if done % cfg.save_every == 0 or done == cfg.total_steps:
+    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+
+    def end_of_step(done: int, force: bool = False) -> None:
+        """Checkpoint every save_every steps, at the end and at --max-steps (skipped steps included), and
+        when the run stops early (``force``), in step."""
+        if force or done % cfg.save_every == 0 or done == cfg.total_steps or done == end:
             save(done)
 
-    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+    stop, stopping = guards.GracefulStop().install(), None
     bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not parallel.is_main)
     checkpoint_seconds = 0.0
     for step in bar:
@@ -515,12 +575,16 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             reports = gather_object({"faults": faults.faults(), "events": events})
             counters.add([r["faults"] for r in reports])
             counters.skipped_steps += 1
+            counters.skipped_no_video += 1
             if logger:
                 for kind, message in [e for r in reports for e in r["events"]]:
                     logger.event(step, kind, message)
                 logger.event(step, "skipped_step", f"no usable video on {group_counts.count(0)} of {len(group_counts)} processes")
                 logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
-            end_of_step(step + 1)
+            stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+            end_of_step(step + 1, force=stopping is not None)
+            if stopping:
+                break
             continue
 
         # 2. score, 3. advantages (on whole groups: each group lives on one process)
@@ -549,6 +613,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
                 logger.event(step, kind, message)
         if not applied:
             counters.skipped_steps += 1
+            counters.skipped_non_finite += 1
             if logger:
                 logger.event(step, "skipped_step", "non-finite loss or gradient: update not applied")
         scalars = step_scalars(cfg, reports, cot)
@@ -573,18 +638,31 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) 
             logger.log(step + 1, scalars)
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
+        stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
         t_checkpoint = time.perf_counter()
-        end_of_step(step + 1)
+        end_of_step(step + 1, force=stopping is not None)
         checkpoint_seconds = time.perf_counter() - t_checkpoint
+        if stopping:
+            break
 
-    # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
-    final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
-    if parallel.is_main:
-        export_model(out / "final-model", policy, processor, final_state)
+    stop.restore()
+    bar.close()
+    if stopping is None:
+        # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
+        final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
+        if parallel.is_main:
+            export_model(out / "final-model", policy, processor, final_state)
     if logger:
         logger.close()
         write_speed_summary(out)
     parallel.close()
+    last = latest_checkpoint(out)
+    done = int(last.name.split("-")[1]) if last else start
+    line = guards.summary(counters, done, cfg.total_steps, last)
+    if stopping:
+        parallel.print(stopping)
+        raise RunStopped(f"{line}; continue with --resume", exit_code=stop.exit_code if stop.signal else 1)
+    parallel.print(line)
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
-from tempsamp.rewards import MAX_SALIENCY, clips_from_windows, format_reward, iou_reward, timestamp_reward
+from tempsamp.rewards import MAX_SALIENCY, clips_from_windows, format_reward, iou_reward, timestamp_reward, window_f2
 from tempsamp.spans import parse_scored_spans, parse_span, spans_to_array, temporal_iou
 
 
@@ -38,16 +38,21 @@ def gt_clip_arrays(example: Example) -> tuple[np.ndarray, np.ndarray]:
     return mask, saliency
 
 
-def score_group(example: Example, texts: list[str], cot: bool, *, lambda_rec: float = 0.5, lambda_score: float = 0.5) -> GroupScores:
+def score_group(example: Example, texts: list[str], cot: bool, *, lambda_rec: float = 0.5, lambda_score: float = 0.5,
+                highlight_f2: str = "windows") -> GroupScores:
+    """highlight_f2: "windows" (F2 of IoU-matched windows, ``rewards.window_f2``) or "clips" (F2 over clips)."""
     gt = np.asarray(example.spans[:1] or [(np.nan, np.nan)], dtype=np.float64)
     if example.task == HIGHLIGHTS:
         windows = [parse_scored_spans(t) for t in texts]
         gt_mask, gt_sal = gt_clip_arrays(example)
         pred = [clips_from_windows(w, len(gt_mask)) for w in windows]
+        if highlight_f2 not in ("windows", "clips"):
+            raise ValueError(f"highlight_f2 must be 'windows' or 'clips', not {highlight_f2!r}")
+        f2 = np.array([window_f2(w, example.spans) for w in windows]) if highlight_f2 == "windows" else None
         task = timestamp_reward(
             np.stack([p[0] for p in pred]), np.stack([p[1] for p in pred]),
             np.broadcast_to(gt_mask, (len(texts), len(gt_mask))), np.broadcast_to(gt_sal, (len(texts), len(gt_sal))),
-            lambda_rec=lambda_rec, lambda_score=lambda_score,
+            f2=f2, lambda_rec=lambda_rec, lambda_score=lambda_score,
         )
         parsed = np.array([bool(w) for w in windows])
         first = spans_to_array([tuple(w[0][:2]) if w else None for w in windows])

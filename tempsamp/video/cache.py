@@ -62,8 +62,26 @@ def sample_frames(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: 
     if cached is not None:
         return cached
     video = decode(path, **params)
-    write_entry(folder, key, video, source, params)
+    try:
+        write_entry(folder, key, video, source, params)
+    except OSError as err:  # a read-only, full or misplaced cache must not stop the run: go on uncached
+        _warn_once(cache_dir, f"frame cache {cache_dir}: cannot write ({err.strerror or err}); "
+                              "going on without it (frames are decoded every time)")
     return video
+
+
+_WARNED: set = set()
+
+
+def _warn_once(cache_dir, message: str) -> None:
+    import sys
+
+    if str(cache_dir) not in _WARNED:
+        _WARNED.add(str(cache_dir))
+        if logging.getLogger().handlers:  # the application set up logging
+            log.warning(message)
+        else:
+            print(f"warning: {message}", file=sys.stderr)
 
 
 def cache_key(source: dict, params: dict) -> str:
@@ -76,7 +94,7 @@ def read_entry(folder: Path, key: str, path: str) -> Video | None:
     meta_path, frames_path = folder / f"{key}.json", folder / f"{key}.npy"
     try:
         meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no entry (or the cache path is a file: warned on write)
         return None
     except (OSError, ValueError) as err:
         log.warning("frame cache: ignoring unreadable %s (%s)", meta_path, err)

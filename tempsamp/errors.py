@@ -1,0 +1,54 @@
+"""Errors a user can act on, and the helpers that raise them.
+
+``UserError`` is bad input (a file, a flag, a config key): the CLI prints its message as one line
+and exits with its ``exit_code``, without a traceback (``tempsamp --debug ...`` shows it).
+``RunStopped`` is a run that stopped on purpose (a signal, too many skipped steps) after saving
+its work; the CLI prints its message and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class UserError(ValueError):
+    """Bad input: the message names the file and line, or the key, and says what to do.
+
+    A ValueError, so code that already handles bad values handles it too.
+    """
+
+    exit_code = 2
+
+
+class RunStopped(Exception):
+    """A run stopped early after saving what it had (the message says where and why)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def ensure_output_dir(path, what: str = "output folder") -> Path:
+    """Create ``path`` (and its parents) or raise UserError saying why it cannot be written."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{path}: cannot be the {what}: {parent} is a file, not a folder; choose another path")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{path}: cannot create the {what} ({err.strerror}); choose a writable path") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: the {what} is not writable; choose a writable path")
+    return path
+
+
+def closest(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
