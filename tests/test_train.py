@@ -398,11 +398,11 @@ def test_stages_reach_the_prompt_and_the_temperature_reaches_sampling_and_every_
     """Issue 13's wiring through the real loop: each stage's prompt mode, the sampling temperature in
     generate and in every log-prob (policy, old, reference), and the GT think mask in CoT stages."""
     prompts, temperatures, sampled = [], [], []
-    real_prompt, real_logprobs, real_generate = loop.prompt_text, qwen_vl.completion_logprobs, qwen_vl.generate
+    real_prompt, real_logprobs, real_generate = loop.prompt_text, qwen_vl.completion_logprobs, qwen_vl.generate_batch
     monkeypatch.setattr(loop, "prompt_text", lambda query, mode, **kw: prompts.append(mode) or real_prompt(query, mode, **kw))
     monkeypatch.setattr(qwen_vl, "completion_logprobs",
                         lambda *a, **kw: temperatures.append(kw.get("temperature", 1.0)) or real_logprobs(*a, **kw))
-    monkeypatch.setattr(qwen_vl, "generate", lambda *a, **kw: sampled.append(kw.get("temperature")) or real_generate(*a, **kw))
+    monkeypatch.setattr(qwen_vl, "generate_batch", lambda *a, **kw: sampled.append(kw.get("temperature")) or real_generate(*a, **kw))
     masks = []
     real_update = loop.update
     monkeypatch.setattr(loop, "update", lambda cfg, model, ref, groups, *a: masks.append([g.loss_masks[-1] for g in groups])

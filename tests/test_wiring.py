@@ -245,6 +245,9 @@ class FakeEngine:
     def sample(self, prompt, frames, fps, text, *, num_samples, seed):
         return [[5, 6]] * num_samples, ["<answer> 1 to 2 </answer>"] * num_samples
 
+    def sample_batch(self, requests):  # the loop's call: the whole step at once
+        return [self.sample(r.prompt_inputs, r.frames, r.fps, r.text, num_samples=r.num_samples, seed=r.seed) for r in requests]
+
 
 class FakeVideo:
     frames, fps = np.zeros((2, 4, 4, 3), np.uint8), 2.0
