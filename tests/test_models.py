@@ -600,3 +600,39 @@ def test_sampling_never_emits_a_vision_placeholder(tiny_small_vocab_model_dir):
     torch.manual_seed(0)
     sampled = qwen_vl.generate(model, processor, prompt, num_samples=4, max_new_tokens=6)
     assert not any(token in placeholders for ids in sampled.ids for token in ids)
+
+
+@pytest.mark.slow
+def test_packed_groups_score_like_each_group_alone(tiny_small_vocab_model_dir):
+    """groups_batch: two groups with other videos, frame rates and prompt lengths in ONE forward (prompts
+    left-padded, completions right-padded) give each group's own log-probs and entropies. Fails if
+    the videos, their time steps or the rope positions were taken from the wrong rows."""
+    model, processor = qwen_vl.load_policy(str(tiny_small_vocab_model_dir))
+    pad_id = qwen_vl.pad_token_id(processor)
+    prompts = [
+        qwen_vl.build_prompt(processor, QUERY, random_frames(1, num_frames=8), 2.0),
+        qwen_vl.build_prompt(processor, "Where is the cat, and when does it leave the kitchen window?",
+                             random_frames(2, num_frames=4, size=84), 0.5),
+    ]
+    assert prompts[0]["input_ids"].shape[1] != prompts[1]["input_ids"].shape[1]
+    rng = np.random.default_rng(0)
+    ids = [[rng.integers(10, 900, n).tolist() for n in lengths] for lengths in ([5, 9, 2], [7, 3])]
+    with torch.no_grad():
+        alone = [qwen_vl.completion_logprobs(model, qwen_vl.group_batch(p, c, pad_id), with_entropy=True)
+                 for p, c in zip(prompts, ids)]
+        batch = qwen_vl.groups_batch(prompts, ids, pad_id)
+        packed = qwen_vl.completion_logprobs(model, batch, with_entropy=True)
+        # the same batch with the two groups' time steps swapped row-wise must differ (the check can fail)
+        swapped = dict(batch, second_per_grid_ts=batch["second_per_grid_ts"].flip(0))
+        wrong = qwen_vl.completion_logprobs(model, swapped)
+    assert batch["input_ids"].shape[0] == 5 and batch["group_rows"] == [(0, 3, 9), (3, 5, 7)]
+    assert batch["attention_mask"][:, 0].tolist() == [1, 1, 1, 0, 0] or batch["attention_mask"][:, 0].tolist() == [0, 0, 0, 1, 1]
+    for (logp, entropy), got_logp, got_entropy in zip(alone, qwen_vl.split_groups(packed[0], batch),
+                                                      qwen_vl.split_groups(packed[1], batch)):
+        torch.testing.assert_close(got_logp, logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_entropy, entropy, atol=1e-5, rtol=0)
+    assert max((w - lp).abs().max() for w, (lp, _) in zip(qwen_vl.split_groups(wrong, batch), alone)) > 1e-4
+    # one group: exactly group_batch's tensors
+    one = qwen_vl.groups_batch(prompts[:1], ids[:1], pad_id)
+    for key, value in qwen_vl.group_batch(prompts[0], ids[0], pad_id).items():
+        assert torch.equal(one[key], value) if torch.is_tensor(value) else one[key] == value, key

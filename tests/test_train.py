@@ -415,3 +415,33 @@ def test_stages_reach_the_prompt_and_the_temperature_reaches_sampling_and_every_
     assert sampled and set(sampled) == {0.7}
     assert temperatures and set(temperatures) == {0.7}
     assert masks[0] == [None, None] and all(m is not None and 0.0 in m for m in masks[1])
+
+
+def test_rows_per_forward_packing_trains_like_one_group_per_forward(tiny_small_vocab_model_dir, data_dir, tmp_path):
+    """Two groups with prompts of different lengths in one forward (rows_per_forward = 2 G): the same
+    rewards, advantages, loss and (within float error) weights after two steps as one group per forward."""
+    queries = ["when is the red square visible?", "at what moment does the small red square first appear on screen?"]
+    rows = [{"video": f"v{i}.mp4", "duration": 8.0, "query": q, "spans": [[2.0, 5.0]]} for i, q in enumerate(queries)]
+    (tmp_path / "two.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for packing in (0, 8):
+        cfg = load_config("tiny_cpu", tiny_overrides(
+            tiny_small_vocab_model_dir, data_dir, tmp_path / f"rows{packing}", rows_per_forward=packing, beta=0.04,
+            train_annotations=str(tmp_path / "two.jsonl"), videos=str(data_dir), stages=[{"mode": "answer", "steps": 2}]))
+        out = loop.train(cfg)
+        runs[packing] = (read_metrics(out), params(out / "checkpoint-2" / "model"))
+    (base, base_weights), (packed, packed_weights) = runs[0], runs[8]
+    assert len(base) == len(packed) == 2
+    for a, b in zip(base, packed):
+        for key in ("reward/raw", "reward/shaped", "adv/offpolicy", "adv/frac_onpolicy_negative", "completion/length"):
+            assert a[key] == b[key], key
+        for key in ("loss/value", "loss/kl", "loss/clip_fraction", "policy/entropy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    assert base_weights.keys() == packed_weights.keys()
+    # Float error only: a packed forward sums in another order (log-probs differ by ~1e-7), and
+    # AdamW's first steps move a weight by about lr * sign(grad) (lr = 1e-3), so the few weights
+    # whose gradient is near zero may move a little differently (measured: at most 4e-6, on fewer
+    # than 1 in 10^4 weights); every other weight agrees within 1e-7.
+    diffs = torch.cat([(base_weights[k] - packed_weights[k]).abs().flatten() for k in base_weights])
+    assert float(diffs.max()) < 1e-5 and float((diffs > 1e-7).float().mean()) < 1e-4
+    assert any(not torch.equal(base_weights[k], v) for k, v in params(Path(tiny_small_vocab_model_dir)).items())  # it trained

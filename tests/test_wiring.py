@@ -152,6 +152,40 @@ def test_update_gradient_is_each_rows_advantage_times_its_likelihood(fake):
         assert torch.equal(c["args"][1], a) and c["kwargs"]["offpolicy"].tolist() == g.offpolicy
 
 
+def test_packed_groups_give_the_same_update_and_per_group_logs(fake):
+    """rows_per_forward packing two groups into one forward: the same gradient, normaliser and
+    per-group statistics as one group per forward, in fewer forwards."""
+    adapter, calls = fake
+    logs, grads, normalizers = [], [], []
+    for rows in (0, 6):
+        adapter.temperatures.clear()
+        calls.clear()
+        model = FakePolicy()
+        cfg = TrainConfig(beta=0.04, temperature=0.7, rows_per_forward=rows, max_grad_norm=0.0)
+        _, _, log, _ = run_update(cfg, model, ref=FakePolicy(1))
+        logs.append(log)
+        grads.append(model.w.grad.clone())
+        normalizers.append([c["kwargs"]["normalizer"] for c in calls])
+        forwards = len(adapter.temperatures)
+        assert forwards == (4 if rows == 0 else 2)  # reference + policy, per group or per packed pair
+    torch.testing.assert_close(grads[1], grads[0])
+    assert normalizers[0] == normalizers[1] and len(normalizers[1]) == 2  # the loss is still per group
+    for key in ("kl", "kl_offpolicy", "clip_fraction", "entropy"):
+        assert len(getattr(logs[1], key)) == 2, key
+        np.testing.assert_allclose(getattr(logs[1], key), getattr(logs[0], key), rtol=1e-6)
+    np.testing.assert_allclose(logs[1].losses, logs[0].losses, rtol=1e-6)
+
+
+def test_pack_groups_keeps_groups_whole():
+    groups = [loop.Group(None, {}, [[1]] * n, [""] * n, [False] * n) for n in (4, 4, 3, 8, 1)]
+    assert loop.pack_groups(groups, 0) == [[0], [1], [2], [3], [4]]
+    assert loop.pack_groups(groups, 8) == [[0, 1], [2], [3], [4]]
+    assert loop.pack_groups(groups, 11) == [[0, 1, 2], [3, 4]]
+    assert loop.pack_groups(groups, 2) == [[0], [1], [2], [3], [4]]  # a group larger than the budget goes alone
+    with pytest.raises(ValueError, match="rows_per_forward"):
+        TrainConfig(rows_per_forward=-1).validate()
+
+
 def test_logged_kl_separates_the_gt_row(fake):
     model, ref = FakePolicy(0), FakePolicy(1)
     _, _, log, _ = run_update(TrainConfig(beta=0.04, max_grad_norm=0.0), model, ref=ref)

@@ -7,6 +7,7 @@ The trainer and the inference code speak to the model only through this module:
     ids, texts = generate(model, processor, prompt, num_samples=G - 1, max_new_tokens=256)
     ids.append(completion_ids(processor, ground_truth_text))            # the off-policy row
     batch = group_batch(prompt, ids, pad_token_id(processor))           # G rows, video repeated
+    batch = groups_batch(prompts, ids_lists, pad_token_id(processor))   # several groups, one forward
     logprobs = completion_logprobs(model, batch)                        # [G, L], with the video
     with model.disable_adapter():                                       # LoRA: the reference
         ref_logprobs = completion_logprobs(model, batch)
@@ -427,6 +428,56 @@ def group_batch(
     batch["completion_mask"] = completion_mask
     batch["logits_to_keep"] = length + 1
     return batch
+
+
+def groups_batch(
+    prompts: Sequence[Mapping[str, torch.Tensor]],
+    completion_ids_lists: Sequence[Sequence[Sequence[int]]],
+    pad_id: int,
+) -> dict[str, Any]:
+    """Several groups in one forward: each group's ``group_batch`` rows, stacked in group order.
+
+    Groups have different prompts (other videos, other lengths), so prompts are LEFT-padded to the
+    longest (as ``merge_prompts``; get_rope_index drops the attention-0 positions, so a row's rope
+    positions are its unpadded ones) and completions RIGHT-padded to the longest, which keeps
+    every completion in the last ``L`` columns. Video inputs are concatenated in row order (each
+    group's repeated per row by ``group_batch``); ``video_grid_thw``, ``second_per_grid_ts`` and
+    ``mm_token_type_ids`` stay one entry per row. ``group_rows`` holds each group's (first row,
+    end row, completion length): ``split_groups`` cuts a [rows, L] result back per group.
+    A single group gives exactly ``group_batch``'s tensors.
+    """
+    if len(prompts) != len(completion_ids_lists) or not prompts:
+        raise ValueError(f"groups_batch: need as many prompts as completion lists (>= 1), got "
+                         f"{len(prompts)} and {len(completion_ids_lists)}")
+    parts = [group_batch(p, ids, pad_id) for p, ids in zip(prompts, completion_ids_lists)]
+    widths = [prompt_length(p) for p in prompts]
+    lengths = [b["completion_mask"].shape[1] for b in parts]
+    width, length = max(widths), max(lengths)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0}
+    batch: dict[str, Any] = {}
+    for key in TOKEN_KEYS:
+        if key in parts[0]:
+            rows = []
+            for b, p, n in zip(parts, widths, lengths):
+                value = b[key]
+                left = value.new_full((value.shape[0], width - p), fill[key])
+                right = value.new_full((value.shape[0], length - n), fill[key])
+                rows.append(torch.cat([left, value, right], dim=1))
+            batch[key] = torch.cat(rows)
+    for key in VIDEO_KEYS + IMAGE_KEYS:
+        if key in parts[0]:
+            batch[key] = torch.cat([b[key] for b in parts])
+    batch["completion_mask"] = torch.cat(
+        [torch.nn.functional.pad(b["completion_mask"], (0, length - n)) for b, n in zip(parts, lengths)])
+    batch["logits_to_keep"] = length + 1
+    ends = np.cumsum([b["completion_mask"].shape[0] for b in parts]).tolist()
+    batch["group_rows"] = [(end - b["completion_mask"].shape[0], end, n) for b, end, n in zip(parts, ends, lengths)]
+    return batch
+
+
+def split_groups(values: torch.Tensor, batch: Mapping[str, Any]) -> list[torch.Tensor]:
+    """A per-row, per-completion-token result [rows, L] of a ``groups_batch`` back to each group's [G, L_group]."""
+    return [values[start:end, :length] for start, end, length in batch["group_rows"]]
 
 
 def model_inputs(model, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -95,6 +95,9 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine
     max_grad_norm: float = 1.0
     queries_per_step: int = 4  # groups per optimizer step, over all processes
+    # rows per log-prob forward (reference, old and policy passes): whole groups are packed while they
+    # fit (a group never splits); 0 = one group per forward. Memory only: the loss is the same.
+    rows_per_forward: int = 0
     # how the model is spread over processes (tempsamp.train.parallel): ddp | fsdp | zero2 | zero3 | zero3_offload
     distributed: str = "ddp"
     seed: int = 0
@@ -155,6 +158,9 @@ class TrainConfig:
                              ("gt_think_loss", ("train", "mask")), ("highlight_f2", ("windows", "clips"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if not isinstance(self.rows_per_forward, int) or self.rows_per_forward < 0:
+            raise ValueError(f"rows_per_forward: {self.rows_per_forward!r} must be 0 (one group per forward) or a "
+                             f"row count (e.g. {2 * self.num_generations} for two groups of G={self.num_generations})")
         if self.updates_per_rollout < 1:
             raise ValueError(f"updates_per_rollout: {self.updates_per_rollout} must be at least 1")
         if self.updates_per_rollout > 1 and self.uses_offpolicy and self.offpolicy_loss == "ratio":

@@ -170,13 +170,28 @@ def gt_loss_mask(cfg, processor, gt_text: str, mode: str):
     return qwen_vl.completion_loss_mask(processor, gt_text, (start, gt_text.index("</think>")))
 
 
-def loss_mask(batch, group: Group) -> torch.Tensor:
+def loss_mask(completion_mask: torch.Tensor, group: Group) -> torch.Tensor:
     """The tokens the loss counts: the completion mask, less each row's masked-out tokens."""
-    mask = batch["completion_mask"].clone()
+    mask = completion_mask.clone()
     for row, row_mask in enumerate(group.loss_masks):
         if row_mask is not None:
             mask[row, : len(row_mask)] *= torch.tensor(row_mask, dtype=mask.dtype, device=mask.device)
     return mask
+
+
+def pack_groups(groups: list[Group], rows_per_forward: int) -> list[list[int]]:
+    """Group indices per forward, in order: whole groups while they fit in ``rows_per_forward``
+    rows (a group never splits; one larger than the budget goes alone; 0 = one group per forward)."""
+    forwards: list[list[int]] = []
+    rows = 0
+    for i, g in enumerate(groups):
+        if forwards and rows + len(g.completion_ids) <= rows_per_forward:
+            forwards[-1].append(i)
+            rows += len(g.completion_ids)
+        else:
+            forwards.append([i])
+            rows = len(g.completion_ids)
+    return forwards
 
 
 def offpolicy_text(example, mode: str) -> str:
@@ -217,12 +232,18 @@ def advantages(cfg, task, fmt, off):
 def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
 
-    Each group is one micro-batch (gradients accumulate; they are exchanged on the last one).
+    Each forward holds one group, or as many whole groups as fit in ``cfg.rows_per_forward`` rows;
+    gradients accumulate over the forwards and are exchanged on the last one. The loss and its
+    statistics are computed per group, as if each were its own micro-batch, so packing changes
+    only how many rows one forward carries.
     Returns (UpdateLog, whether the step was applied). A step whose loss or gradients are not
     finite on any process is skipped by all (gradients zeroed), never applied.
     """
-    batches = [qwen_vl.group_batch(g.prompt, g.completion_ids, pad_id) for g in groups]
-    masks = [loss_mask(b, g) for b, g in zip(batches, groups)]  # padding (and masked GT think tokens) excluded
+    forwards = pack_groups(groups, cfg.rows_per_forward)
+    batches = [qwen_vl.groups_batch([groups[i].prompt for i in f], [groups[i].completion_ids for i in f], pad_id)
+               for f in forwards]
+    completion_masks = [m for b in batches for m in qwen_vl.split_groups(b["completion_mask"], b)]  # per group
+    masks = [loss_mask(m, g) for m, g in zip(completion_masks, groups)]  # padding (and masked GT think tokens) excluded
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
     # Divided by the number of processes because DDP, FSDP and ZeRO average (not sum) the
     # processes' gradients.
@@ -232,13 +253,16 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
         local_count = float(sum(m.sum() for m in masks))
     normalizer = parallel.sum(local_count) / parallel.world
 
+    def per_group(logprobs_of_batch):  # one forward per batch, cut back into per-group [G, L_group]
+        return [lp for b in batches for lp in qwen_vl.split_groups(logprobs_of_batch(b), b)]
+
     log = UpdateLog()
     t0 = time.perf_counter()
     with torch.no_grad():
         # every log-prob at the sampling temperature, the reference's too (as TRL does): otherwise
         # KL to an exact copy of the policy is not 0 at T != 1
-        ref = [reference_logprobs(ref_model, model, b, cfg.temperature) if cfg.beta else None for b in batches]
-        old = [qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature) for b in batches] if cfg.updates_per_rollout > 1 else [None] * len(batches)
+        ref = per_group(lambda b: reference_logprobs(ref_model, model, b, cfg.temperature)) if cfg.beta else [None] * len(groups)
+        old = per_group(lambda b: qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature)) if cfg.updates_per_rollout > 1 else [None] * len(groups)
     log.seconds["reference"] = time.perf_counter() - t0  # with the old-policy pass when updates_per_rollout > 1
 
     applied = True
@@ -246,25 +270,29 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
         t0 = time.perf_counter()
         parallel.zero_grad()
         pass_loss = 0.0
-        for i, b in enumerate(batches):
-            with parallel.micro_batch(last=i == len(batches) - 1):
-                logp, entropy = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
-                loss, stats = grpo_loss(
-                    logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
-                    clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
-                    offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
-                )
+        for k, (f, b) in enumerate(zip(forwards, batches)):
+            with parallel.micro_batch(last=k == len(batches) - 1):
+                logp_b, entropy_b = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
+                losses = []
+                for i, logp, entropy in zip(f, qwen_vl.split_groups(logp_b, b), qwen_vl.split_groups(entropy_b, b)):
+                    loss, stats = grpo_loss(
+                        logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
+                        clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
+                        offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
+                    )
+                    losses.append(loss)
+                    log.kl.append(stats.kl)
+                    if stats.kl_offpolicy is not None:
+                        log.kl_offpolicy.append(stats.kl_offpolicy)
+                    log.clip_fraction.append(stats.clip_fraction)
+                    on = ~torch.tensor(groups[i].offpolicy, device=entropy.device)
+                    mask = completion_masks[i].to(entropy.device)[on]
+                    log.entropy.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
+                loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
                 parallel.backward(loss)
             # The step's loss is the sum of its micro-batch losses (each already divided by the
             # whole step's count); over P processes each holds P x its share, hence the / P.
             pass_loss += float(loss.detach()) / parallel.world
-            log.kl.append(stats.kl)
-            if stats.kl_offpolicy is not None:
-                log.kl_offpolicy.append(stats.kl_offpolicy)
-            log.clip_fraction.append(stats.clip_fraction)
-            on = ~torch.tensor(groups[i].offpolicy, device=entropy.device)
-            mask = b["completion_mask"].to(entropy.device)[on]
-            log.entropy.append(float((entropy[on] * mask).sum() / mask.sum().clamp(min=1)))
         log.losses.append(pass_loss)
         t1 = time.perf_counter()
         log.seconds["policy"] += t1 - t0
