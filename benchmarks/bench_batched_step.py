@@ -10,11 +10,13 @@ pieces (prepare_query, the engine, score, advantages, update with a reference pa
 one AdamW step):
 - per-query: one ``engine.sample`` (one transformers ``generate``) per query, as the loop did before;
 - batched: one ``engine.sample_batch`` for the whole step (one left-padded ``generate``);
-each for TempSamp (G-1 sampled + the ground truth) and plain GRPO (G sampled).
+each for TempSamp (G-1 sampled + the ground truth) and plain GRPO (G sampled); and
+- packed (TempSamp): batched, with ``rows_per_forward`` = the whole step's rows, so the reference
+  and policy log-prob passes are one forward each instead of one per group.
 Printed: per variant the step and rollout time (minimum over ``--steps`` steps after one warm-up,
 the least disturbed by other processes), generated tokens; the process's peak RSS; then the ratios
 batched / per-query (issue target: <= 0.6) and TempSamp / GRPO step time, batched (target: within
-0.05 of (G-1)/G). A random model rarely stops early, so every sample runs to --new-tokens.
+0.05 of (G-1)/G), and packed / batched update (reference + policy + optimizer) time. A random model rarely stops early, so every sample runs to --new-tokens.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def run(args) -> dict:
         def __init__(self, example):
             self.frames, self.fps = videos[example.qid], 2.0
 
-    def step(strategy: str, batched: bool, seed: int) -> dict:
-        cfg = load_config("tiny_cpu", [f"strategy={strategy}", f"num_generations={args.group}",
+    def step(strategy: str, batched: bool, seed: int, rows_per_forward: int = 0) -> dict:
+        cfg = load_config("tiny_cpu", [f"strategy={strategy}", f"num_generations={args.group}", f"rows_per_forward={rows_per_forward}",
                                        f"max_new_tokens={args.new_tokens}", "beta=0.04", "learning_rate=1e-6", "temperature=1.0"])
         engine = TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0)
         t0 = time.perf_counter()
@@ -75,19 +77,23 @@ def run(args) -> dict:
         task, fmt, off, _ = loop.score(cfg, groups, False, loop.Counters())
         adv = loop.advantages(cfg, task, fmt, off)
         model.train()
+        t_update = time.perf_counter()
         loop.update(cfg, model, ref_model, groups, adv, parallel, pad_id)
-        return {"step_s": time.perf_counter() - t0, "rollout_s": t_rollout, "tokens": sum(g.generated_tokens for g in groups)}
+        return {"step_s": time.perf_counter() - t0, "rollout_s": t_rollout, "tokens": sum(g.generated_tokens for g in groups),
+                "update_s": time.perf_counter() - t_update}
 
-    variants = [(label, strategy, batched) for label, strategy in (("TempSamp", "shaping"), ("GRPO", "grpo"))
-                for batched in (False, True)]
-    times = {(label, batched): [] for label, _, batched in variants}
+    # (label, mode): mode 0 per-query, 1 batched, 2 batched and packed (rows_per_forward = the step's rows)
+    variants = [(label, strategy, mode) for label, strategy in (("TempSamp", "shaping"), ("GRPO", "grpo"))
+                for mode in (0, 1)] + [("TempSamp", "shaping", 2)]
+    times = {(label, mode): [] for label, _, mode in variants}
     for i in range(args.steps + 1):  # the first round warms up
-        for label, strategy, batched in variants:  # interleaved: a load change hits every variant alike
-            result = step(strategy, batched, seed=1000 * i)
+        for label, strategy, mode in variants:  # interleaved: a load change hits every variant alike
+            result = step(strategy, mode > 0, seed=1000 * i, rows_per_forward=args.queries * args.group if mode == 2 else 0)
             if i:
-                times[(label, batched)].append(result)
+                times[(label, mode)].append(result)
     return {key: {"step_s": min(r["step_s"] for r in rows), "rollout_s": min(r["rollout_s"] for r in rows),
-                  "tokens": max(r["tokens"] for r in rows)} for key, rows in times.items()}
+                  "update_s": min(r["update_s"] for r in rows), "tokens": max(r["tokens"] for r in rows)}
+            for key, rows in times.items()}
 
 
 def main() -> int:
@@ -102,9 +108,9 @@ def main() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"tiny Qwen2.5-VL ({args.vocab} vocabulary), {args.queries} queries/step, G={args.group}, "
           f"<= {args.new_tokens} new tokens, 8-s videos at 2 FPS; min over {args.steps} steps after a warm-up, 1 thread")
-    for (label, batched), r in results.items():
-        print(f"{label:8s} {'batched' if batched else 'per-query':9s}  step {r['step_s']:6.2f} s  rollout {r['rollout_s']:6.2f} s  "
-              f"{r['tokens']:5d} tokens")
+    for (label, mode), r in results.items():
+        print(f"{label:8s} {('per-query', 'batched', 'packed')[mode]:9s}  step {r['step_s']:6.2f} s  rollout {r['rollout_s']:6.2f} s  "
+              f"update {r['update_s']:6.2f} s  {r['tokens']:5d} tokens")
     print(f"peak RSS of the process (all variants share the model; the largest is the batched GRPO rollout): {peak:.2f} GB")
     for label in ("TempSamp", "GRPO"):
         print(f"{label}: batched / per-query step time = {results[(label, 1)]['step_s'] / results[(label, 0)]['step_s']:.2f} "
@@ -115,6 +121,9 @@ def main() -> int:
         print(f"TempSamp / GRPO step time, {'batched' if batched else 'per-query'}: {ratio:.2f} "
               f"(rollout {results[('TempSamp', batched)]['rollout_s'] / results[('GRPO', batched)]['rollout_s']:.2f}; "
               f"(G-1)/G = {target:.3f})")
+    packed, batched = results[("TempSamp", 2)], results[("TempSamp", 1)]
+    print(f"TempSamp packed (rows_per_forward={args.queries * args.group}) / one group per forward: update time "
+          f"{packed['update_s'] / batched['update_s']:.2f}, step time {packed['step_s'] / batched['step_s']:.2f}")
     return 0
 
 
