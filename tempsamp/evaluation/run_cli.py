@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tempsamp.errors import positive_int
 from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 
 
@@ -18,31 +19,19 @@ DEFAULTS = {"fps": 2.0, "frame_sampling": "exact", "max_frames": None, "min_pixe
 def _video_args(p) -> None:
     d = DEFAULTS
     p.add_argument("--fps", type=float, default=None, help=f"default: the trained run's, else {d['fps']}")
-    p.add_argument("--max-frames", type=_positive_int, default=None,
+    p.add_argument("--max-frames", type=positive_int, default=None,
                    help="frame cap (default: the trained run's, else 256 with exact sampling, qwen-vl-utils' 768 with "
                         "--frame-sampling qwen)")
     p.add_argument("--frame-sampling", choices=["exact", "qwen"], default=None,
                    help="exact: frames at k / fps s (default, or the trained run's); qwen: qwen-vl-utils 0.0.14's frame "
                         "count, indices and sizes (docs/evaluation.md)")
-    p.add_argument("--min-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['min_pixels']}")
-    p.add_argument("--max-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['max_pixels']}")
-    p.add_argument("--total-pixels", type=_positive_int, default=None, help=f"default: the trained run's, else {d['total_pixels']}")
+    p.add_argument("--min-pixels", type=positive_int, default=None, help=f"default: the trained run's, else {d['min_pixels']}")
+    p.add_argument("--max-pixels", type=positive_int, default=None, help=f"default: the trained run's, else {d['max_pixels']}")
+    p.add_argument("--total-pixels", type=positive_int, default=None, help=f"default: the trained run's, else {d['total_pixels']}")
     p.add_argument("--frame-cache", default=None, help="folder for the on-disk frame cache")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=None,
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help=f"default: the trained run's, else {d['max_new_tokens']}")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
@@ -158,11 +147,11 @@ def register(sub) -> None:
     p.add_argument("--mode", nargs="+", default=["answer"], choices=MODES,
                    help="one or more of answer, cot, mixed (deployable), mixed-oracle (upper bound: uses the GT)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N queries (N >= 1)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N queries (N >= 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the answers stored in --out that were made with another model or settings "
                         "(without it such a folder is refused)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="queries per generate call, each with its own video (default: 8 on a GPU, 4 on a CPU); "
                         "greedy answers do not depend on it")
     p.add_argument("--engine", choices=ENGINES, default="transformers",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tempsamp.errors import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="RL fine-tuning with TempSamp-R1 or a baseline (a YAML recipe + key=value overrides)")
@@ -14,7 +16,7 @@ def register(sub) -> None:
                    help="continue from the newest intact checkpoint in output_dir (damaged ones are named and passed "
                         "over); without one: an error, unless --allow-fresh")
     p.add_argument("--allow-fresh", action="store_true", help="with --resume: start at step 0 when there is no checkpoint")
-    p.add_argument("--max-steps", type=_positive_int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many steps in total, with a checkpoint (the schedule still spans the recipe)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
@@ -76,18 +78,6 @@ def launch_command(args) -> tuple[list[str], dict]:
         train_args += ["--max-steps", str(args.max_steps)]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.num_processes)]
     return [*launcher, "-m", "tempsamp", "train", *train_args], dict(os.environ)
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def run_plot(args) -> int:

@@ -472,7 +472,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     np.random.seed(cfg.seed)
 
     if cfg.queries_per_step < parallel.world:
-        raise ValueError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
+        raise UserError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
                          "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
     guards.preflight_videos(examples, cfg, parallel.print)
@@ -516,7 +516,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         check_resume_config(checkpoint, cfg)
         saved_world = json.loads((checkpoint / "state.json").read_text()).get("world_size", parallel.world)
         if parallel.zero and saved_world != parallel.world:
-            raise ValueError(f"--resume: {checkpoint} was written by {saved_world} processes; DeepSpeed's partitioned "
+            raise UserError(f"--resume: {checkpoint} was written by {saved_world} processes; DeepSpeed's partitioned "
                              f"optimizer state loads only on the same number (this run has {parallel.world})")
         if parallel.sharded:
             parallel.load_sharded(checkpoint)
