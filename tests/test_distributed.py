@@ -196,6 +196,16 @@ def two_processes(tiny_small_vocab_model_dir, data_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_two_gloo_fsdp_processes_with_packed_forwards_train_like_one(one_process, tiny_small_vocab_model_dir, data_dir, tmp_path):
+    """rows_per_forward = 2 G: each process's two groups go through one forward (one micro-batch, which
+    exchanges the gradients); the run equals one process with one group per forward."""
+    out = tmp_path / "run"
+    done = tempsamp_train([*overrides(tiny_small_vocab_model_dir, data_dir, out, rows_per_forward=8), "distributed=fsdp"])
+    assert_ran_as(out, done.stdout, "fsdp")
+    assert_same_training(one_process, out, ATOL)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp", "zero2", "zero3"])
 def test_two_gloo_processes_train_like_one(mode, one_process, two_processes, tiny_small_vocab_model_dir):
     out, stdout = two_processes(mode)
