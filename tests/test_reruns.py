@@ -66,14 +66,22 @@ def test_added_mode_is_generated_alone_and_nothing_else(tiny_model_dir, bench, t
     assert sorted(m for _, m in generated) == ["answer"] * 3
     generated.clear()
     lines = []
-    second = run(tiny_model_dir, examples, out, ("answer", "cot", "mixed"), lines)  # crashed with KeyError 'cot'
+    second = run(tiny_model_dir, examples, out, ("answer", "cot"), lines)  # crashed with KeyError 'cot'
     assert sorted(m for _, m in generated) == ["cot"] * 3  # the stored answers are reused
-    assert second["answer"] == first["answer"] and set(second) == {"answer", "cot", "mixed"}
+    assert second["answer"] == first["answer"] and set(second) == {"answer", "cot"}
     assert lines == [f"eval: 3 of 6 answers (query x mode) reused from {out / 'generations.jsonl'}, 3 to generate (3 new)"]
     generated.clear()
     lines.clear()
     run(tiny_model_dir, examples, out, ("cot",), lines)  # everything is stored now
     assert generated == [] and lines[0].startswith("eval: 3 of 3 answers (query x mode) reused")
+    # mixed reads each answer's log-prob, which runs without mixed do not compute: made again, and said so
+    generated.clear()
+    lines.clear()
+    third = run(tiny_model_dir, examples, out, ("answer", "cot", "mixed"), lines)
+    assert sorted(m for _, m in generated) == ["answer"] * 3 + ["cot"] * 3 and set(third) == {"answer", "cot", "mixed"}
+    assert lines == [f"eval: 0 of 6 answers (query x mode) reused from {out / 'generations.jsonl'}, 6 to generate "
+                     "(6 made without log-probs)"]
+    assert third["answer"] == first["answer"]  # greedy: the same answers, now with their log-probs
 
 
 def test_changed_model_or_settings_are_refused_or_replaced(tiny_model_dir, tiny_small_vocab_model_dir, bench, tmp_path,
