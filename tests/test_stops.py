@@ -94,7 +94,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_continues(tiny_small_v
     assert "Traceback" not in stderr and "SIGTERM: finishing this step" in stderr
     (kept,) = checkpoints(out)
     step = int(kept.name.split("-")[1])
-    assert 1 <= step < 40 and [r["step"] for r in read_metrics(out)] == list(range(1, step + 1))
+    assert 0 < step < 40 and [r["step"] for r in read_metrics(out)] == list(range(1, step + 1))
     assert f"stopped by SIGTERM after step {step} of 40" in stdout
     assert stderr.strip().splitlines()[-1].startswith(f"tempsamp train: train: {step} of 40 steps done: {step} applied")
     assert "continue with --resume" in stderr
