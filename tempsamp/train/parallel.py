@@ -271,7 +271,8 @@ class Parallel:
         return contextlib.nullcontext()
 
     def generation(self):
-        """Around rollouts: ZeRO-3 gathers the whole model once instead of once per decoded token."""
+        """Around rollouts: ZeRO-3 gathers the whole model once per rollout (as TRL does by default)
+        rather than each layer once per decoded token; the other modes need nothing."""
         if self.mode in ("zero3", "zero3_offload"):
             import deepspeed
 
