@@ -52,7 +52,9 @@ test-vllm: $(VSTAMP)
 mutants: $(STAMP)
 	$(BIN)/python scripts/mutants.py
 
+# The peers the benchmarks measure against (TRL) come with the `bench` extra.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,deepspeed,bench]'
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
