@@ -128,7 +128,7 @@ class Parallel:
         elif self.zero:
             import deepspeed
 
-            config = self.deepspeed_config(max_grad_norm, lr=None)
+            config = self.deepspeed_config(max_grad_norm)
             trainable = [p for p in model.parameters() if p.requires_grad]
             if self.mode == "zero3_offload":
                 # ZeRO-Offload steps on the CPU with DeepSpeed's own Adam (a torch optimizer is refused).
@@ -165,7 +165,7 @@ class Parallel:
         elif self.mode in ("zero3", "zero3_offload"):
             import deepspeed
 
-            config = self.deepspeed_config(0.0, lr=None)
+            config = self.deepspeed_config(0.0)
             config["zero_optimization"].pop("offload_optimizer", None)
             engine, *_ = deepspeed.initialize(model=ref_model, config=config)
             engine.eval()
@@ -188,7 +188,7 @@ class Parallel:
         # this the root's parameters stay sharded there ("mixed torch.Tensor and DTensor").
         register_fsdp_forward_method(model, "generate")
 
-    def deepspeed_config(self, max_grad_norm: float, lr) -> dict:
+    def deepspeed_config(self, max_grad_norm: float) -> dict:
         stage = ZERO_STAGE[self.mode]
         zero: dict = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
         if stage == 3:
