@@ -21,6 +21,11 @@ def test_paper_defaults_in_the_main_recipes():
         assert cfg.strategy == "shaping" and [s["mode"] for s in cfg.stages] == ["answer", "cot"]
     assert load_config("charades_grpo").strategy == "grpo"
     assert {load_config(f"charades_ablation_{r}").strategy for r in ("reward_scaling", "anchor", "shaping")} == {"reward_scaling", "anchor", "shaping"}
+    # the ablation rows follow the paper as written: its anchoring gives A_G = 0 in a tied group
+    assert load_config("charades_ablation_anchor").anchor_tied == "literal"
+    # the paper recipes show the model what VideoChat-R1 / TimeZero show theirs (docs/evaluation.md)
+    paper = load_config("charades_tempsamp")
+    assert (paper.input_preset, paper.frame_sampling, paper.total_pixels) == ("videochat_r1", "qwen", 3584 * 28 * 28)
 
 
 def test_overrides_and_inheritance():

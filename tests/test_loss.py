@@ -136,3 +136,21 @@ def test_luffy_offpolicy_rows_with_negative_advantage_are_not_clipped_either():
     assert float(loss.detach()) == pytest.approx((0.2 + 0.6) / 2)  # -A * p, not -A * 0.8
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[0.2, 0.6]]) / 2)
+
+
+def test_the_gt_row_carries_the_kl_term_too():
+    """The k3 KL to the reference is in the loss for every row, the off-policy (GT) row included:
+    the GT row is pulled towards the reference like any other (only its statistics are kept apart)."""
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0], [-0.5, -0.5]])  # only the GT row (row 0) differs from the reference
+    mask = torch.ones(2, 2)
+    offpolicy = torch.tensor([True, False])
+    for offpolicy_loss in ("ratio", "luffy"):
+        loss, stats = grpo_loss(logp, torch.zeros(2), mask, ref_logp=ref, beta=0.5, offpolicy=offpolicy,
+                                offpolicy_loss=offpolicy_loss)
+        delta = ref[0] - logp[0].detach()
+        k3 = torch.exp(delta) - delta - 1.0
+        torch.testing.assert_close(loss, 0.5 * k3.sum() / 4)  # token mean over all 4 tokens
+        assert stats.kl == 0.0 and stats.kl_offpolicy == pytest.approx(float(k3.mean()))
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert grad[0].abs().min() > 0 and grad[1].abs().max() == 0

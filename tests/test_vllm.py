@@ -12,12 +12,10 @@ its greedy output is varied text rather than one repeated token (the test checks
 Everything is float32 on both sides. Log-prob tolerance: LOGPROB_ATOL (vLLM's CPU kernels sum
 in another order than torch's).
 
-Rotary positions: for the text AFTER a video, transformers 5.23 continues at the video's start +
-max(height, width) (in merged tokens), vLLM 0.32 -- like Qwen2.5-VL's original code -- at the
-video's largest position + 1, which counts time. They agree while (time slices - 1) * interval + 1
-<= max(height, width); the agreement tests use such videos (2 time slices of 112x112 frames: 4x4
-tokens), and test_longer_videos_differ_only_by_the_text_position_rule shows, on a longer video, that
-vLLM equals transformers given the original rule's positions (docs/scaling.md, "Rollout engines").
+Rotary positions: both engines follow Qwen2.5-VL's original rule (the text after a video continues
+at the video's largest position + 1, which counts time; tempsamp.models.qwen_vl, "Rotary
+positions"), which transformers 5.x's own get_rope_index does not; test_engines_agree_on_a_60_second_clip
+checks a clip long enough for the two rules to be ~115 positions apart.
 """
 
 from __future__ import annotations
@@ -125,21 +123,6 @@ def vllm_logprobs(engine, text, frames, completion):
     return torch.tensor([d[t].logprob for d, t in zip(output.prompt_logprobs[-len(completion):], completion)])
 
 
-def original_rule_logprobs(model, processor, text, frames, completion):
-    """The policy's log-probs with Qwen2.5-VL's original rotary positions (vLLM's): text after the
-    video continues at the video's largest position + 1 (transformers 5.23: start + max(h, w))."""
-    prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
-    batch = qwen_vl.group_batch(prompt, [completion], qwen_vl.pad_token_id(processor))
-    positions = qwen_vl.rope_position_ids(model, batch)  # [3, 1, S]
-    last_video = int((batch["mm_token_type_ids"][0] == 2).nonzero().max())
-    positions[:, :, last_video + 1:] += positions[:, :, : last_video + 1].max() + 1 - positions[0, 0, last_video + 1]
-    length = len(completion)
-    with torch.no_grad():
-        logits = model(**qwen_vl.model_inputs(model, batch), position_ids=positions, logits_to_keep=length + 1,
-                       use_cache=False).logits[:, :-1]
-    return qwen_vl.token_logprobs(logits, batch["input_ids"][:, -length:])[0][0]
-
-
 def completion(processor):
     return qwen_vl.completion_ids(processor, "The event happens from 3.0 to 7.5 seconds.")
 
@@ -216,15 +199,26 @@ def test_sampling_never_emits_the_video_placeholder(engine, policy):
             embedding[video_pad] = saved
 
 
-def test_longer_videos_differ_only_by_the_text_position_rule(engine, policy):
+def test_engines_agree_on_a_60_second_clip(engine, policy):
+    """120 frames at 2 FPS (60 time slices, 960 video tokens): the text after the video sits where the
+    time axis ends (position ~ 2 x 60), far from where transformers 5.x's own rule would put it
+    (start + 4); both engines use the original rule, so greedy text and log-probs agree."""
     model, processor = policy
     engine.push_weights(model)
-    text, frames = TEXTS[0], videos(frames=8)[0]  # 4 time slices: (4 - 1) * 2 + 1 > 4 tokens of height
-    ids = completion(processor)
+    text, frames = TEXTS[0], videos(frames=120)[0]
+    prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
+    positions = qwen_vl.rope_position_ids(model, prompt)[:, 0]
+    video = (prompt["mm_token_type_ids"][0] == 2).nonzero()[:, 0]
+    start, after = int(video.min()), int(video.max()) + 1
+    # 59 slices x 2 positions per second + 1 (transformers 5.x's rule: + 4, the frame's height in tokens)
+    assert int(positions[0, after]) - int(positions[0, start]) == 2 * 59 + 1
+    ids = transformers_greedy(model, processor, text, frames)
+    assert vllm_greedy(engine, text, frames) == ids and len(set(ids)) > 2
     got = vllm_logprobs(engine, text, frames, ids)
-    transformers_rule = policy_logprobs(model, processor, text, frames, ids)
-    assert (got - transformers_rule).abs().max() > 20 * LOGPROB_ATOL  # the rules disagree here ...
-    torch.testing.assert_close(got, original_rule_logprobs(model, processor, text, frames, ids), atol=LOGPROB_ATOL, rtol=0)
+    torch.testing.assert_close(got, policy_logprobs(model, processor, text, frames, ids), atol=LOGPROB_ATOL, rtol=0)
+    fixed = completion(processor)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, fixed),
+                               policy_logprobs(model, processor, text, frames, fixed), atol=LOGPROB_ATOL, rtol=0)
 
 
 def run(*args, timeout=900):

@@ -30,7 +30,7 @@ import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
 from tempsamp.errors import UserError
-from tempsamp.prompts import ANSWER, COT, prompt_text
+from tempsamp.prompts import ANSWER, COT
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
 
@@ -48,13 +48,21 @@ class VideoSettings:
     total_pixels: int = 3584 * 28 * 28
     cache_dir: str | None = None
     frame_sampling: str = "exact"  # exact (frames at k / fps s) | qwen (qwen-vl-utils' count, indices, sizes)
+    resize: str = "area"  # area (swscale) | bicubic (qwen-vl-utils' torchvision filter)
+    input_preset: str = "tempsamp"  # prompt wording and chat layout (tempsamp.presets); its video keys are above
+
+    @property
+    def preset(self):
+        from tempsamp.presets import get_preset
+
+        return get_preset(self.input_preset)
 
     def load(self, path):
         from tempsamp.video.cache import sample_frames
 
         return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
                              max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir,
-                             frame_sampling=self.frame_sampling)
+                             frame_sampling=self.frame_sampling, resize=self.resize)
 
 
 def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
@@ -80,6 +88,7 @@ class TransformersGenerator:
     def __init__(self, model, processor, *, max_new_tokens: int, temperature: float = 0.0):
         self.model, self.processor = model, processor
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.video_first, self.system_prompt = True, None  # the chat layout (tempsamp.presets); set by the caller
         # The log-prob forward serves only the deployable ``mixed`` mode; evaluate() turns it off
         # otherwise (the answer's logprob is then NaN), so --mode answer costs one generation.
         self.score = True
@@ -90,7 +99,8 @@ class TransformersGenerator:
         from tempsamp.models import qwen_vl
 
         batch = qwen_vl.build_prompt_batch(self.processor, prompt_texts, [v.frames for v in videos],
-                                           [v.fps for v in videos], device=self.model.device)
+                                           [v.fps for v in videos], system_prompt=self.system_prompt,
+                                           video_first=self.video_first, device=self.model.device)
         check_context(self.model, batch, prompt_texts, self.max_new_tokens)
         greedy = self.temperature <= 0
         out = qwen_vl.generate_batch(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens,
@@ -153,6 +163,22 @@ class VLLMGenerator:
         self.engine = VLLMEngine(model_path, processor, model_type=model_type, max_new_tokens=max_new_tokens,
                                  temperature=max(temperature, 0.0), top_p=1.0, gpu_memory_utilization=0.85, dtype=dtype)
 
+    @property
+    def video_first(self) -> bool:  # the chat layout lives on the engine, which writes the prompts
+        return self.engine.video_first
+
+    @video_first.setter
+    def video_first(self, value: bool) -> None:
+        self.engine.video_first = value
+
+    @property
+    def system_prompt(self):
+        return self.engine.system_prompt
+
+    @system_prompt.setter
+    def system_prompt(self, value) -> None:
+        self.engine.system_prompt = value
+
     def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
         engine = self.engine
         params = engine.sampling_params(n=1, seed=0, logprobs=0)
@@ -168,18 +194,23 @@ class VLLMGenerator:
 
 
 def generate_answers(generator, videos: list, queries: list[str], durations: list[float], mode: str,
-                     tasks: list[str]) -> list[dict]:
-    """One answer per query (each with its own video), generated together in one batch."""
-    texts = [prompt_text(q, mode, duration=d, task=t) for q, d, t in zip(queries, durations, tasks)]
+                     tasks: list[str], preset: str = "tempsamp") -> list[dict]:
+    """One answer per query (each with its own video), generated together in one batch, with the
+    prompt wording and chat layout of ``preset`` (tempsamp.presets)."""
+    from tempsamp.presets import get_preset
+
+    chosen = get_preset(preset)
+    texts = [chosen.prompt(q, mode, duration=d, task=t) for q, d, t in zip(queries, durations, tasks)]
+    generator.video_first, generator.system_prompt = chosen.video_first, chosen.system_prompt
     return [parse_record(text, ids, logprob, task)
             for (ids, text, logprob), task in zip(generator.complete(texts, videos), tasks)]
 
 
 def generate_answer(model, processor, video, query: str, duration: float, mode: str, task: str = "grounding",
-                    *, max_new_tokens: int = 256, temperature: float = 0.0) -> dict:
+                    *, max_new_tokens: int = 256, temperature: float = 0.0, preset: str = "tempsamp") -> dict:
     """One answer for one query: raw text, parsed span(s), and its mean token log-prob (with video)."""
     generator = TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
-    return generate_answers(generator, [video], [query], [duration], mode, [task])[0]
+    return generate_answers(generator, [video], [query], [duration], mode, [task], preset)[0]
 
 
 def choose_mixed(answer: dict, cot: dict) -> str:
@@ -293,6 +324,8 @@ def run_settings(model_path: str, digest: str, video: VideoSettings, max_new_tok
     return {"model": digest, "model_path": str(model_path), "fps": float(video.fps), "max_frames": int(video.max_frames),
             "min_pixels": int(video.min_pixels), "max_pixels": int(video.max_pixels),
             "total_pixels": int(video.total_pixels), "frame_sampling": video.frame_sampling,
+            **({"resize": video.resize} if video.resize != "area" else {}),
+            **({"input_preset": video.input_preset} if video.input_preset != "tempsamp" else {}),
             "max_new_tokens": int(max_new_tokens),
             "temperature": float(temperature), "engine": engine}
 
@@ -314,7 +347,10 @@ def made_by(settings: dict, example: Example, mode: str) -> dict:
     video = [str(Path(example.video_path).resolve()), stat.st_size] if stat else [str(example.video_path), None]
     import hashlib
 
-    prompt = prompt_text(example.query, mode, duration=example.duration, task=example.task)
+    from tempsamp.presets import get_preset
+
+    prompt = get_preset(settings.get("input_preset", "tempsamp")).prompt(example.query, mode, duration=example.duration,
+                                                                         task=example.task)
     return {"model": settings["model"], "settings": settings_digest(settings),
             "prompt": hashlib.sha256(prompt.encode()).hexdigest()[:16], "video": video}
 
@@ -450,7 +486,8 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
                     continue
                 try:
                     answers = generate_answers(generator, [v for _, v in rows], [ex.query for ex, _ in rows],
-                                               [ex.duration for ex, _ in rows], mode, [ex.task for ex, _ in rows])
+                                               [ex.duration for ex, _ in rows], mode, [ex.task for ex, _ in rows],
+                                               video.input_preset)
                 except ContextTooLong as err:
                     ex = rows[err.row][0]
                     raise ContextTooLong(f"query {ex.qid!r} ({ex.source or 'annotations'}): {err}", err.row) from None
@@ -545,11 +582,13 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
         results[mode] = metrics
     setup = {"model": str(model_path), "model_digest": settings["model"], "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
              "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
-             "frame_sampling": video.frame_sampling,
+             "frame_sampling": video.frame_sampling, "resize": video.resize,
+             "input_preset": video.input_preset, "video_first": video.preset.video_first,
+             "system_prompt": video.preset.system_prompt or "(the chat template's default)",
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,
-             "prompt_answer": prompt_text("{query}", ANSWER, duration=0.0, task=task),
-             "prompt_cot": prompt_text("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
+             "prompt_answer": video.preset.prompt("{query}", ANSWER, duration=0.0, task=task),
+             "prompt_cot": video.preset.prompt("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))
     return results
 

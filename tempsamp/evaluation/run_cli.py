@@ -12,12 +12,20 @@ from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 # state.json records the config), else these defaults; a flag given on the command line wins, with
 # a warning when it differs from training. The sampling temperature is not taken: training samples
 # (temperature 1), evaluation is greedy unless --temperature says otherwise.
-DEFAULTS = {"fps": 2.0, "frame_sampling": "exact", "max_frames": None, "min_pixels": 16 * 28 * 28,
-            "max_pixels": 256 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
+DEFAULTS = {"input_preset": "tempsamp", "fps": 2.0, "frame_sampling": "exact", "resize": "area", "max_frames": None,
+            "min_pixels": 16 * 28 * 28, "max_pixels": 256 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
 
 
 def _video_args(p) -> None:
     d = DEFAULTS
+    from tempsamp.presets import PRESETS
+
+    p.add_argument("--input-preset", choices=list(PRESETS), default=None,
+                   help="what the model is shown, as a released checkpoint's own stack shows it: prompt, text/video "
+                        "order, system prompt, frames and their size (docs/evaluation.md, 'Input presets'); default: "
+                        "the trained run's, else tempsamp")
+    p.add_argument("--resize", choices=["area", "bicubic"], default=None,
+                   help="frame resize filter: area (swscale, default) or bicubic (qwen-vl-utils')")
     p.add_argument("--fps", type=float, default=None, help=f"default: the trained run's, else {d['fps']}")
     p.add_argument("--max-frames", type=positive_int, default=None,
                    help="frame cap (default: the trained run's, else 256 with exact sampling, qwen-vl-utils' 768 with "
@@ -106,6 +114,7 @@ def resolve_settings(args, trained: dict | None, say=print) -> dict:
                 say(f"warning: --{key.replace('_', '-')} {given} differs from the model's training ({from_run})")
         else:
             values[key] = from_run if from_run is not None else default
+    _apply_preset(args, values, trained)
     if values["max_frames"] is None:  # the cap that goes with the sampling
         from tempsamp.video.sampling import QWEN_MAX_FRAMES
 
@@ -114,6 +123,20 @@ def resolve_settings(args, trained: dict | None, say=print) -> dict:
     if taken:
         say("settings from the trained run: " + ", ".join(taken))
     return values
+
+
+def _apply_preset(args, values: dict, trained: dict | None) -> None:
+    """A preset other than tempsamp fixes its video keys: a flag given otherwise is refused; values
+    taken from the trained run or the defaults give way."""
+    from tempsamp.errors import UserError
+    from tempsamp.presets import get_preset
+
+    for key, fixed in get_preset(values["input_preset"]).video.items():
+        given = getattr(args, key)
+        if given is not None and str(given) != str(fixed) and not _same_number(given, fixed):
+            raise UserError(f"--{key.replace('_', '-')} {given}: --input-preset {values['input_preset']} fixes it to "
+                            f"{fixed}; drop the flag or use --input-preset tempsamp")
+        values[key] = fixed
 
 
 def _same_number(a, b) -> bool:
@@ -128,7 +151,8 @@ def _video_settings(values: dict, frame_cache):
 
     return VideoSettings(fps=values["fps"], max_frames=values["max_frames"], min_pixels=values["min_pixels"],
                          max_pixels=values["max_pixels"], total_pixels=values["total_pixels"], cache_dir=frame_cache,
-                         frame_sampling=values["frame_sampling"])
+                         frame_sampling=values["frame_sampling"], resize=values["resize"],
+                         input_preset=values["input_preset"])
 
 
 def _say(text: str) -> None:
@@ -217,7 +241,8 @@ def run_predict(args) -> int:
     model.eval()
     duration = float(getattr(video, "duration", None) or len(video.frames) / video.fps)
     rec = generate_answer(model, processor, video, args.query, duration, args.mode, args.task,
-                          max_new_tokens=settings["max_new_tokens"], temperature=args.temperature)
+                          max_new_tokens=settings["max_new_tokens"], temperature=args.temperature,
+                          preset=settings["input_preset"])
     span = rec["span"]
     print(f"span: {span[0]:.1f} to {span[1]:.1f} s" if span else "span: (the answer did not contain a span)")
     print(f"answer: {rec['text']}")

@@ -156,13 +156,34 @@ def load_policy(
 # ----------------------------------------------------------------------------------------------
 
 
-def chat_messages(prompt_text: str, system_prompt: str | None = None, media: str = "video") -> list[dict]:
-    """One user turn: the video (or image), then the text. Blocks are typed ("type" is what templates test)."""
+def chat_messages(prompt_text: str, system_prompt: str | None = None, media: str = "video",
+                  video_first: bool = True) -> list[dict]:
+    """One user turn: the video (or image) then the text, or the text first (``video_first=False``, as
+    TimeZero and VideoChat-R1 ask). No system message unless given: the chat template then writes its
+    default one. Blocks are typed ("type" is what templates test)."""
     messages = []
     if system_prompt is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": media}, {"type": "text", "text": prompt_text}]})
+    blocks = [{"type": media}, {"type": "text", "text": prompt_text}]
+    messages.append({"role": "user", "content": blocks if video_first else blocks[::-1]})
     return messages
+
+
+def pinned_frames(processor) -> dict:
+    """Processor options that keep sampled frames as they are (tempsamp.video sized them already).
+
+    Qwen2/2.5-VL's video processor resizes to its own ``size`` bounds unless told not to; the class
+    defaults (128-768 tokens per frame) would enlarge small frames, a checkpoint's preprocessor
+    config would shrink large ones. Off, unless ``set_video_budget`` made the processor the budget.
+    Qwen3-VL's processor keeps resizing: its patch is 16 (frames in multiples of 32), the sampler's
+    sizes are multiples of 28.
+    """
+    from transformers import Qwen2VLVideoProcessor
+
+    video_processor = getattr(processor, "video_processor", None)
+    if isinstance(video_processor, Qwen2VLVideoProcessor) and not getattr(video_processor, "tempsamp_budget", False):
+        return {"do_resize": False}
+    return {}
 
 
 def video_metadata(num_frames: int, fps: float, height: int | None = None, width: int | None = None):
@@ -214,6 +235,7 @@ def set_video_budget(processor, *, frame_tokens: int, video_tokens: int | None =
         shortest_edge=min_frame_tokens * token_pixels, longest_edge=frame_tokens * token_pixels
     )
     video_processor.cap_pixels_per_frame = video_tokens is not None
+    video_processor.tempsamp_budget = True  # the processor now sizes frames (pinned_frames leaves it on)
     if video_tokens is not None:
         video_processor.max_video_tokens = int(np.ceil(video_tokens / 0.9))
     return processor
@@ -226,6 +248,7 @@ def build_prompt(
     fps: float,
     *,
     system_prompt: str | None = None,
+    video_first: bool = True,
     device: torch.device | str | None = None,
     processor_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -242,7 +265,7 @@ def build_prompt(
             f"build_prompt: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}"
         )
     text = processor.apply_chat_template(
-        chat_messages(prompt_text, system_prompt), tokenize=False, add_generation_prompt=True
+        chat_messages(prompt_text, system_prompt, video_first=video_first), tokenize=False, add_generation_prompt=True
     )
     metadata = video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2])
     inputs = processor(
@@ -251,7 +274,7 @@ def build_prompt(
         video_metadata=[metadata],
         do_sample_frames=False,
         return_tensors="pt",
-        **(processor_kwargs or {}),
+        **{**pinned_frames(processor), **(processor_kwargs or {})},
     )
     inputs = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
     if "second_per_grid_ts" in inputs:  # a float list in some versions; the model wants a tensor
@@ -570,6 +593,7 @@ def rope_position_ids(model, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor
 # frame its own grid (t = 1), where the two rules agree: its transformers rule is kept.
 
 ORIGINAL_POSITION_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+POSITION_RULE = "original"  # recorded where a stored model depends on it (the SFT start model's digest)
 
 
 def original_rope_index(
@@ -720,6 +744,7 @@ def build_prompt_batch(
     fps_list: Sequence[float],
     *,
     system_prompt: str | None = None,
+    video_first: bool = True,
     device: torch.device | str | None = None,
     processor_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -744,7 +769,8 @@ def build_prompt_batch(
                 f"build_prompt_batch: video {i}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}"
             )
     texts = [
-        processor.apply_chat_template(chat_messages(text, system_prompt), tokenize=False, add_generation_prompt=True)
+        processor.apply_chat_template(chat_messages(text, system_prompt, video_first=video_first), tokenize=False,
+                                      add_generation_prompt=True)
         for text in prompt_texts
     ]
     metadata = [
@@ -762,7 +788,7 @@ def build_prompt_batch(
             do_sample_frames=False,
             padding=True,
             return_tensors="pt",
-            **(processor_kwargs or {}),
+            **{**pinned_frames(processor), **(processor_kwargs or {})},
         )
     finally:
         tokenizer.padding_side = side

@@ -50,6 +50,13 @@ class TrainConfig:
     # exact: frames at k / fps s (default); qwen: qwen-vl-utils 0.0.14's frame count, indices and sizes
     # (docs/evaluation.md, "Frame sampling"); with qwen, set max_frames: 768 for qwen-vl-utils' own cap
     frame_sampling: str = "exact"
+    # area: swscale's area filter (default); bicubic: qwen-vl-utils' torchvision bicubic with antialiasing
+    resize: str = "area"
+    # What the model is shown, as the stack a checkpoint was trained on shows it (tempsamp/presets.py):
+    # tempsamp (the project's own prompt, layout and the video keys above) | timezero | videochat_r1 | qwen.
+    # A preset other than tempsamp fixes prompt wording, text/video order, system prompt and the video keys
+    # (fps, max_frames, min/max/total_pixels, frame_sampling, resize); setting one of those otherwise is refused.
+    input_preset: str = "tempsamp"
 
     # rollout
     num_generations: int = 8  # G: the group size, off-policy row included
@@ -145,6 +152,9 @@ class TrainConfig:
             raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
         if self.frame_sampling not in ("exact", "qwen"):
             raise ValueError(f"frame_sampling: {self.frame_sampling!r} is not exact or qwen")
+        if self.resize not in ("area", "bicubic"):
+            raise ValueError(f"resize: {self.resize!r} is not area or bicubic")
+        self._apply_input_preset()
         from tempsamp.train.parallel import MODES as DISTRIBUTED
 
         if self.distributed not in DISTRIBUTED:
@@ -172,6 +182,18 @@ class TrainConfig:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")
         return self
+
+    def _apply_input_preset(self) -> None:
+        """Put the preset's fixed video keys in; a key set to a third value conflicts with the preset."""
+        from tempsamp.presets import get_preset
+
+        preset = get_preset(self.input_preset)
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        for key, value in preset.video.items():
+            if getattr(self, key) not in (value, defaults[key]):
+                raise ValueError(f"{key}: {getattr(self, key)!r} conflicts with input_preset={self.input_preset}, which "
+                                 f"fixes it to {value!r}; drop the key or use input_preset=tempsamp")
+            setattr(self, key, value)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

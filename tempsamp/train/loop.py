@@ -30,6 +30,7 @@ import torch
 from tempsamp.advantages import group_advantages, shape_rewards
 from tempsamp.loss import grpo_loss
 from tempsamp.models import qwen_vl
+from tempsamp.presets import get_preset
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
 from tempsamp.errors import RunStopped, UserError
 from tempsamp.train import guards
@@ -130,8 +131,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_frames) -> RolloutRequest:
     """The data phase of one query: its frames and prompt (raises on an unreadable video)."""
     video = load_frames(example)
-    text = prompt_text(example.query, mode, duration=example.duration, task=example.task)
-    prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, device=device)
+    preset = get_preset(cfg.input_preset)
+    text = prompt_text(example.query, mode, duration=example.duration, task=example.task,
+                       template=preset.template(mode, example.task))
+    prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, system_prompt=preset.system_prompt,
+                                  video_first=preset.video_first, device=device)
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
     return RolloutRequest(prompt, video.frames, video.fps, text, n_sampled, seed)
 
@@ -144,7 +148,7 @@ def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest
         n_sampled = len(ids)
         loss_masks = [None] * n_sampled
         if cfg.uses_offpolicy:
-            gt_text = offpolicy_text(example, mode)
+            gt_text = offpolicy_text(example, mode, get_preset(cfg.input_preset).decimals)
             ids.append(qwen_vl.completion_ids(processor, gt_text))
             texts.append(gt_text)
             offpolicy.append(True)
@@ -194,7 +198,8 @@ def pack_groups(groups: list[Group], rows_per_forward: int) -> list[list[int]]:
     return forwards
 
 
-def offpolicy_text(example, mode: str) -> str:
+def offpolicy_text(example, mode: str, decimals: int = 1) -> str:
+    """The GT completion, times written with the preset's precision (the peers ask for two decimals)."""
     if example.task == "highlights":
         windows = list(example.spans)
         _, saliency = gt_clip_arrays(example)
@@ -203,7 +208,7 @@ def offpolicy_text(example, mode: str) -> str:
             clips = saliency[int(s // 2): max(int(s // 2) + 1, int(math.ceil(e / 2)))]
             scores.append(float(clips.mean() * 4) if len(clips) else 4.0)
         return build_offpolicy_completion(windows, mode, scores=scores)
-    return build_offpolicy_completion(example.span, mode)
+    return build_offpolicy_completion(example.span, mode, decimals=decimals)
 
 
 def score(cfg, groups: list[Group], cot: bool, counters: Counters):
@@ -541,7 +546,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         return sample_frames(
             example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
-            frame_sampling=cfg.frame_sampling,
+            frame_sampling=cfg.frame_sampling, resize=cfg.resize,
         )
 
     def save(done: int) -> None:

@@ -117,6 +117,7 @@ def video_payload(model_type: str, frames: np.ndarray, fps: float) -> tuple[obje
     kwargs = {"do_sample_frames": False}
     if model_type != "qwen3_vl":
         kwargs["fps"] = float(fps)
+        kwargs["do_resize"] = False  # frames as sampled (qwen_vl.pinned_frames says why)
     return (frames, metadata), kwargs
 
 
@@ -190,6 +191,7 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             check_cpu_head_size(model_path)
         self.vllm, self.processor, self.model_type = vllm, processor, model_type
+        self.video_first, self.system_prompt = True, None  # the chat layout (tempsamp.presets); set by the caller
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.stops = qwen_vl.stop_token_ids(processor)
         self.bad_words = placeholder_tokens(processor)
@@ -220,7 +222,8 @@ class VLLMEngine:
 
     def request(self, text: str, frames: np.ndarray, fps: float, completion: str = "") -> dict:
         """One vLLM request: the chat prompt (plus, for scoring, a completion's text) with its video."""
-        prompt = self.processor.apply_chat_template(qwen_vl.chat_messages(text), tokenize=False, add_generation_prompt=True)
+        messages = qwen_vl.chat_messages(text, self.system_prompt, video_first=self.video_first)
+        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         video, mm_kwargs = video_payload(self.model_type, frames, fps)
         return {"prompt": prompt + completion, "multi_modal_data": {"video": video}, "mm_processor_kwargs": mm_kwargs}
 
@@ -272,6 +275,8 @@ def check_cpu_head_size(model_path: str) -> None:
 
 
 def make_engine(cfg, model, processor, model_path: str) -> RolloutEngine:
+    from tempsamp.presets import get_preset
+
     if cfg.rollout_engine == "transformers":
         return TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     if cfg.rollout_engine == "vllm":
@@ -282,6 +287,8 @@ def make_engine(cfg, model, processor, model_path: str) -> RolloutEngine:
             temperature=cfg.temperature, top_p=cfg.top_p, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             max_model_len=cfg.vllm_max_model_len, dtype=dtype,
         )
+        preset = get_preset(cfg.input_preset)
+        engine.video_first, engine.system_prompt = preset.video_first, preset.system_prompt
         engine.push_weights(model)  # a resumed run's weights, not the checkpoint on disk
         return engine
     raise ValueError(f"rollout_engine: {cfg.rollout_engine!r} is not one of {', '.join(ENGINES)}")

@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tempsamp.models.qwen_vl import POSITION_RULE
 from tempsamp.models.tiny import TinySpec
 
 # The demo's start architecture: real Qwen2.5-VL classes, wider and deeper than the test fixture
@@ -41,6 +42,7 @@ START_SPEC = TinySpec(
     vocab="small", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
     num_key_value_heads=2, mrope_section=(4, 6, 6), vision_depth=2, vision_hidden_size=64,
 )
+
 
 
 @dataclass
@@ -65,6 +67,9 @@ class SFTConfig:
         payload = {k: v for k, v in asdict(self).items() if k != "frame_cache"}
         payload["spec"] = self.spec.digest()
         payload["data"] = hashlib.sha256(annotations.read_bytes()).hexdigest()
+        # The rotary-position rule the model was trained under (a start model built under another
+        # rule answers from other positions: tempsamp.models.qwen_vl, "Rotary positions").
+        payload["positions"] = POSITION_RULE
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

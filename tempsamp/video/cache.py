@@ -36,18 +36,22 @@ log = logging.getLogger(__name__)
 
 
 def sample_frames(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, max_pixels: int,
-                  total_pixels: int, cache_dir=None, backend: str = "pyav", frame_sampling: str = "exact") -> Video:
+                  total_pixels: int, cache_dir=None, backend: str = "pyav", frame_sampling: str = "exact",
+                  resize: str = "area") -> Video:
     """Frames of ``path`` sampled at ``fps`` under the frame cap and pixel budget (tempsamp.video.sampling).
 
     Raises FileNotFoundError (naming the file) for a missing file and VideoDecodeError for one that
     cannot be decoded. With ``cache_dir`` the result is read from / written to the on-disk cache.
-    ``frame_sampling="qwen"``: qwen-vl-utils' frame count, indices and sizes (tempsamp.video.sampling).
+    ``frame_sampling="qwen"``: qwen-vl-utils' frame count, indices and sizes; ``resize="bicubic"``: its
+    resize filter (tempsamp.video.sampling).
     """
     path = os.fspath(path)
     params = {"fps": float(fps), "max_frames": int(max_frames), "min_pixels": int(min_pixels),
               "max_pixels": int(max_pixels), "total_pixels": int(total_pixels)}
     if frame_sampling != "exact":  # only then in the key: entries of the default sampling keep their keys
         params["frame_sampling"] = frame_sampling
+    if resize != "area":  # likewise
+        params["resize"] = resize
     if cache_dir is None:
         return decode(path, backend=backend, **params)
     try:

@@ -280,16 +280,51 @@ def read_packet_index(container, stream, path: str) -> PacketIndex:
 
 
 def _to_rgb(frame, size: tuple[int, int], reformatter) -> np.ndarray:
-    """RGB at (h, w) through swscale's area filter. One reformatter per clip: it keeps its swscale
-    context across frames (frame.reformat would build a new one per frame, ~5x slower)."""
+    """RGB at (h, w) through the clip's resizer (``_reformatter``)."""
     h, w = size
     return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
 
-def _reformatter():
+RESIZES = ("area", "bicubic")
+
+
+class _BicubicResizer:
+    """qwen-vl-utils' resize: the frame converted to RGB at its own size, then torchvision's
+    ``resize(uint8 frames, BICUBIC, antialias=True)``, which returns uint8 (qwen-vl-utils calls
+    ``.float()`` only afterwards), so the cached uint8 frames are what it hands the processor."""
+
+    def __init__(self):
+        self.rgb = _area_reformatter()
+
+    def reformat(self, frame, *, width: int, height: int, **_) -> "np.ndarray":
+        import torch
+        from torchvision.transforms.functional import InterpolationMode, resize
+
+        rgb = torch.from_numpy(self.rgb.reformat(frame, format="rgb24").to_ndarray()).permute(2, 0, 1)
+        out = resize(rgb, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return _Frame(out.permute(1, 2, 0).contiguous().numpy())
+
+
+class _Frame:  # what reformat returns: something with to_ndarray()
+    def __init__(self, array):
+        self.array = array
+
+    def to_ndarray(self):
+        return self.array
+
+
+def _area_reformatter():
     from av.video.reformatter import VideoReformatter
 
     return VideoReformatter()
+
+
+def _reformatter(resize: str = "area"):
+    """One resizer per clip. "area": swscale's area filter (a VideoReformatter keeps its swscale context
+    across frames; frame.reformat would build a new one per frame, ~5x slower). "bicubic": as qwen-vl-utils."""
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+    return _BicubicResizer() if resize == "bicubic" else _area_reformatter()
 
 
 def qwen_plan(total_frames: int, video_fps: float, fps: float, max_frames: int) -> tuple[np.ndarray, float, bool]:
@@ -306,7 +341,7 @@ def _stream_fps(stream, index: PacketIndex) -> float:
 
 
 def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int,
-                frame_sampling: str = "exact") -> Video:
+                frame_sampling: str = "exact", resize: str = "area") -> Video:
     import av
 
     with _open(path) as container:
@@ -329,17 +364,18 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
                     stream = again.streams.video[0]
                     stream.thread_type = "AUTO"
                     frames, size = _decode_sequential(again, stream, index, wanted, min_pixels, max_pixels, total_pixels,
-                                                      frame_sampling)
+                                                      frame_sampling, resize)
             else:
                 try:
                     frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path,
-                                                      sampling=frame_sampling)
+                                                      sampling=frame_sampling, resize=resize)
                 except _SeekMissed:  # this container cannot seek precisely: decode forward from the start
                     with _open(path) as again:
                         stream = again.streams.video[0]
                         stream.thread_type = "AUTO"
                         frames, size = _decode_with_seeks(again, stream, index, wanted, min_pixels, max_pixels,
-                                                          total_pixels, path, allow_seek=False, sampling=frame_sampling)
+                                                          total_pixels, path, allow_seek=False, sampling=frame_sampling,
+                                                          resize=resize)
         except av.error.FFmpegError as err:
             raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
         if len(frames) != len(wanted):
@@ -358,13 +394,13 @@ class _SeekMissed(Exception):
 
 
 def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path, allow_seek=True,
-                       sampling="exact"):
+                       sampling="exact", resize="area"):
     """Decode the wanted frames (pts, ascending, repeats allowed).
 
     With allow_seek, jump to the wanted frame's keyframe whenever that keyframe lies past the
     decoder's position; otherwise decode forward from the start.
     """
-    frames, size, reformatter = [], None, _reformatter()
+    frames, size, reformatter = [], None, _reformatter(resize)
     decoder = previous_found = None
     wanted_set = set(map(int, wanted))
     last = None  # (pts, frame) most recently decoded
@@ -415,9 +451,10 @@ def _decoded_frames(container, stream, wanted_pts: set):
     context.skip_frame = "DEFAULT"
 
 
-def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, sampling="exact"):
+def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, sampling="exact",
+                       resize="area"):
     """Streams without timestamps: decode in order, frame k is the k-th decoded frame."""
-    frames, size, reformatter = [], None, _reformatter()
+    frames, size, reformatter = [], None, _reformatter(resize)
     positions = list(map(int, wanted))
     k = 0
     cursor = 0
@@ -453,7 +490,7 @@ def decord_available() -> bool:
 
 
 def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int,
-                  frame_sampling: str = "exact") -> Video:
+                  frame_sampling: str = "exact", resize: str = "area") -> Video:
     """Same sampling rule through decord (frame times from its index); resized with swscale like PyAV."""
     import av
     import decord
@@ -480,7 +517,7 @@ def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, ma
     size = qwen_frame_size if frame_sampling == "qwen" else clip_frame_size
     h, w = size(batch.shape[1], batch.shape[2], len(chosen), min_pixels=min_pixels, max_pixels=max_pixels,
                 total_pixels=total_pixels)
-    reformatter = _reformatter()
+    reformatter = _reformatter(resize)
     frames = np.stack([_to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"), (h, w), reformatter)
                        for f in batch])
     return Video(frames=frames, fps=rate, timestamps=starts[chosen], duration=duration, source_fps=n / duration,
@@ -506,11 +543,13 @@ def resolve_backend(backend: str, path=None) -> str:
 
 
 def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, max_pixels: int, total_pixels: int,
-           backend: str = "pyav", frame_sampling: str = "exact") -> Video:
+           backend: str = "pyav", frame_sampling: str = "exact", resize: str = "area") -> Video:
     """Sample frames from ``path`` (no cache); see the module docstring for the rules.
 
     frame_sampling: "exact" (default: frames at k / fps s) or "qwen" (qwen-vl-utils 0.0.14's count,
-    indices and sizes)."""
+    indices and sizes). resize: "area" (swscale's area filter, default) or "bicubic" (qwen-vl-utils'
+    torchvision bicubic with antialiasing on uint8 frames)."""
+    _reformatter(resize)  # validates the name before any decoding
     if frame_sampling not in FRAME_SAMPLINGS:
         raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {frame_sampling!r}")
     path = os.fspath(path)
@@ -519,4 +558,4 @@ def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, ma
     backend = resolve_backend(backend, path)
     fn = decode_decord if backend == "decord" else decode_pyav
     return fn(path, fps=fps, max_frames=max_frames, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
-              frame_sampling=frame_sampling)
+              frame_sampling=frame_sampling, resize=resize)
