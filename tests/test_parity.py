@@ -400,4 +400,15 @@ def parity_summary(ref, ours) -> dict:
         "pixel_mean_abs": (float(pix.mean()) if pixels_same else None),
         "logprob_max_abs": (float(np.abs(ours["logprobs"] - ref["logprobs"]).max()) if lp_same else None),
         "greedy_agree_prefix": agree,
+        # Positions fed to the decoder for the generated tokens (after the prompt), when both generated alike.
+        "generation_position_diff_range": _generation_gap(ref, ours),
     }
+
+
+def _generation_gap(ref, ours):
+    prompt = int(ref["prompt_length"])
+    a, b = ours["generation_positions"][:, prompt:], ref["generation_positions"][:, prompt:]
+    if a.shape != b.shape or a.size == 0:
+        return None
+    diff = a.astype(int) - b.astype(int)
+    return [int(diff.min()), int(diff.max())]
