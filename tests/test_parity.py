@@ -204,8 +204,7 @@ def tempsamp_side(model_dir, video, spec) -> dict:
         "positions": positions[-3:, 0].numpy(),
         "video_grid_thw": prompt["video_grid_thw"].numpy(),
         "pixel_values_videos": prompt["pixel_values_videos"].float().numpy(),
-        "frame_indices": np.asarray(video.timestamps),  # seconds; converted below
-        "frame_size": video.frames.shape[1:3],
+        "frame_times": np.asarray(video.timestamps),  # presentation times of the frames taken (s)
         "num_frames": len(video.frames),
         "logprobs": logprobs[0].numpy(),
         "greedy_ids": np.asarray(greedy.ids[0]),
@@ -314,8 +313,8 @@ def test_same_frames(both, family, seconds):
     ref, ours, meta = both(family, seconds)
     assert meta["video_reader"] == "decord"
     assert ours["num_frames"] == len(ref["frame_indices"])
-    # tempsamp reports the frames' presentation times; the clips are 10 FPS from t = 0.
-    assert np.array_equal(np.round(ours["frame_indices"] * 10).astype(int), ref["frame_indices"])
+    # tempsamp reports the frames' presentation times; the clips are 10 FPS from t = 0, so frame i is at i / 10 s.
+    assert np.array_equal(np.round(ours["frame_times"] * 10).astype(int), ref["frame_indices"])
 
 
 @pytest.mark.parametrize("family, seconds", CASES)
