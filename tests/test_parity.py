@@ -342,8 +342,11 @@ def test_same_positions(both, family, seconds):
 @pytest.mark.parametrize("family, seconds", CASES)
 def test_same_generation_positions(both, family, seconds):
     ref, ours, _ = both(family, seconds)
-    assert np.array_equal(ours["greedy_ids"], ref["greedy_ids"]), "greedy tokens differ: positions not comparable"
-    assert np.array_equal(ours["generation_positions"], ref["generation_positions"])
+    # Text tokens step the positions by one whatever their value (placeholder tokens are suppressed on
+    # both sides), so the positions compare even where the greedy tokens differ.
+    assert ours["generation_positions"].shape == ref["generation_positions"].shape
+    assert np.array_equal(ours["generation_positions"], ref["generation_positions"]), \
+        f"tempsamp - reference on the generated tokens: {_generation_gap(ref, ours)}"
 
 
 @pytest.mark.parametrize("family, seconds", CASES)
@@ -399,7 +402,7 @@ def parity_summary(ref, ours) -> dict:
         "pixel_mean_abs": (float(pix.mean()) if pixels_same else None),
         "logprob_max_abs": (float(np.abs(ours["logprobs"] - ref["logprobs"]).max()) if lp_same else None),
         "greedy_agree_prefix": agree,
-        # Positions fed to the decoder for the generated tokens (after the prompt), when both generated alike.
+        # Positions fed to the decoder for the generated tokens (after the prompt).
         "generation_position_diff_range": _generation_gap(ref, ours),
     }
 
