@@ -173,20 +173,20 @@ def tempsamp_side(model_dir, video, spec) -> dict:
     """What tempsamp feeds the checkpoint for this case, through its public path.
 
     The one place that says how tempsamp is configured to match the reference: qwen-vl-utils' frame
-    choice and budget (frame_sampling="qwen"), the project's prompt (build_prompt: video first), the
-    model's positions as rope_position_ids reports them, completion_logprobs and greedy generate.
+    choice, budget and resize filter (frame_sampling="qwen", resize="bicubic": what the peer presets
+    fix, tempsamp/presets.py), the chat layout of the case (build_prompt), the model's positions as
+    rope_position_ids reports them, completion_logprobs and greedy generate.
     """
+    from tempsamp.evaluation.inference import VideoSettings
     from tempsamp.models import qwen_vl
-    from tempsamp.video.cache import sample_frames
 
     model, processor = _load(str(model_dir))
     options = spec["video_options"]
-    if spec.get("text_first"):
-        raise NotImplementedError("tempsamp's build_prompt puts the video first")
-    video = sample_frames(video, fps=options["fps"], max_frames=options["max_frames"], min_pixels=options["min_pixels"],
-                          max_pixels=options["max_pixels"], total_pixels=options["total_pixels"], frame_sampling="qwen")
+    video = VideoSettings(**options, frame_sampling="qwen", resize="bicubic",
+                          factor=qwen_vl.frame_factor(processor)).load(video)
     prompt = qwen_vl.build_prompt(processor, spec["question"], video.frames, video.fps,
-                                  system_prompt=spec.get("system_prompt"))
+                                  system_prompt=spec.get("system_prompt"), video_first=not spec.get("text_first"),
+                                  source_frames=video.source_frames())
     completion = qwen_vl.completion_ids(processor, spec["completion"])
     batch = qwen_vl.group_batch(prompt, [completion], qwen_vl.pad_token_id(processor))
     with torch.no_grad():

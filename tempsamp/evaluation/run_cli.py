@@ -231,8 +231,12 @@ def run_predict(args) -> int:
         raise UserError("query: empty; say what to look for, e.g. \"when does the dog jump?\"")
     model_dir, trained = resolve_model(args.model, _say)
     settings = resolve_settings(args, trained, _say)
+    from transformers import AutoProcessor
+
+    video_settings = _video_settings(settings, args.frame_cache)
+    video_settings.factor = qwen_vl.frame_factor(AutoProcessor.from_pretrained(model_dir))  # the model's frame sides
     try:
-        video = _video_settings(settings, args.frame_cache).load(args.video)
+        video = video_settings.load(args.video)
     except FileNotFoundError as err:
         raise UserError(f"{err.filename or args.video}: video not found") from None
     except VideoDecodeError as err:

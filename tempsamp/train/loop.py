@@ -135,7 +135,7 @@ def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_fr
     text = prompt_text(example.query, mode, duration=example.duration, task=example.task,
                        template=preset.template(mode, example.task))
     prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, system_prompt=preset.system_prompt,
-                                  video_first=preset.video_first, device=device)
+                                  video_first=preset.video_first, device=device, source_frames=video.source_frames())
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
     return RolloutRequest(prompt, video.frames, video.fps, text, n_sampled, seed)
 
@@ -546,7 +546,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         return sample_frames(
             example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
-            frame_sampling=cfg.frame_sampling, resize=cfg.resize,
+            frame_sampling=cfg.frame_sampling, resize=cfg.resize, factor=qwen_vl.frame_factor(processor),
         )
 
     def save(done: int) -> None:
