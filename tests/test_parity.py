@@ -414,3 +414,36 @@ def _generation_gap(ref, ours):
         return None
     diff = a.astype(int) - b.astype(int)
     return [int(diff.min()), int(diff.max())]
+
+
+# ----------------------------------------------------------------------------------------------
+# An input preset end to end: TimeZero's evaluation inputs (tempsamp/presets.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_timezero_preset_reproduces_its_stack(reference, videos, parity_dir):
+    """``input_preset=timezero`` against TimeZero's own message (its template with the sentence, the
+    text before the video, no system message, total_pixels 3584 x 28 x 28, min_pixels 16 x 28 x 28) run
+    through qwen-vl-utils 0.0.10 and transformers 4.51: the same tokens, positions, pixels, log-probs."""
+    from tempsamp.presets import get_preset
+    from tempsamp.prompts import COT
+
+    preset = get_preset("timezero")
+    model_dir, _, _, _ = reference("qwen2_5_vl")
+    options = {k: preset.video[k] for k in ("fps", "min_pixels", "max_pixels", "total_pixels", "max_frames")}
+    spec = {"name": "timezero", "video": str(videos[30]), "video_options": options, "system_prompt": None,
+            "text_first": not preset.video_first, "question": preset.prompt("person turn a light on.", COT, duration=30.0),
+            "completion": COMPLETION, "max_new_tokens": GREEDY_TOKENS}
+    cases_file = parity_dir / "cases-timezero.json"
+    cases_file.write_text(json.dumps([spec]))
+    out = parity_dir / "reference-timezero"
+    run_reference("qwen2_5_vl", "run", str(model_dir), str(cases_file), str(out))
+    ref = dict(np.load(out / "timezero.npz"))
+    ours = tempsamp_side(model_dir, videos[30], spec)
+    assert preset.video["frame_sampling"] == "qwen" and preset.video["resize"] == "bicubic"  # what tempsamp_side uses
+    assert np.array_equal(ours["input_ids"], ref["input_ids"])
+    assert np.array_equal(ours["positions"], ref["positions"]), describe_positions(ref, ours)
+    assert np.array_equal(ours["video_grid_thw"], ref["video_grid_thw"])
+    assert np.abs(ours["pixel_values_videos"] - ref["pixel_values_videos"]).max() <= PIXEL_TOL
+    assert np.abs(ours["logprobs"] - ref["logprobs"]).max() <= LOGPROB_TOL
+    assert np.array_equal(ours["greedy_ids"], ref["greedy_ids"])
