@@ -454,3 +454,18 @@ def test_a_stalled_process_ends_the_run_with_one_line(tiny_small_vocab_model_dir
     assert lines[0].endswith("stalled or dead; the run ends, continue from checkpoint-1 with --resume"), lines[0]
     assert "collective failure" not in output and "Connection closed" not in output  # the others end quietly
     assert [r["step"] for r in read_metrics(out)] == [1]
+
+
+@pytest.mark.slow
+def test_sharded_generation_decodes_in_step_when_lengths_differ(tiny_small_vocab_model_dir):
+    """Under FSDP2 each decoding forward gathers the weights: a process done early keeps running
+    forwards (synced_gpus) while another still decodes; without it the run falls out of step."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tests" / "synced_generate.py"), str(tiny_small_vocab_model_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    assert "rank 0 synced=True: lengths [2, 2]" in lines, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rank 1 synced=True: lengths [6, 6]" in lines, lines
+    assert any(line.startswith("rank 1 synced=False: failed") or line.startswith("rank 0 synced=False: failed")
+               for line in lines), lines

@@ -466,8 +466,8 @@ def peak_memory_gb() -> float:
 # ---------------------------------------------------------------- the recipe
 
 
-# Settings a resumed run may change: they decide what is written, not what is computed.
-RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every")
+# Settings a resumed run may change: they decide what is written (or how long a collective may wait), not what is computed.
+RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "collective_timeout_s")
 
 
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
