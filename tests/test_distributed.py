@@ -405,7 +405,7 @@ def uneven_one_process(tiny_small_vocab_model_dir, uneven_data, tmp_path_factory
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["fsdp", "zero3"])
+@pytest.mark.parametrize("mode", ["fsdp", "zero3", "ddp"])
 def test_uneven_groups_per_process_stay_in_step_and_train_like_one(mode, uneven_one_process, tiny_small_vocab_model_dir,
                                                                   uneven_data, tmp_path):
     """queries_per_step=3 on 2 processes: step 1 holds 2 groups against 0 (process 1's only video is
