@@ -414,12 +414,14 @@ class Parallel:
         return self.mode != "ddp"
 
 
+# how gloo and NCCL word a collective that timed out or lost its peer (gloo raises a plain RuntimeError)
+_TIMEOUT_MARKERS = ("Timed out waiting", "collective operation timeout")
+_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
 def _is_collective_failure(err: BaseException) -> bool:
-    """A collective that timed out, or whose peer went away (gloo and NCCL wordings)."""
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        marker in text for marker in ("Timed out", "timed out", "Timeout", "Connection closed by peer", "Connection reset by peer",
-                                      "NCCL communicator was aborted", "Socket Timeout"))
+    """A collective that timed out, or whose peer went away."""
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _TIMEOUT_MARKERS + _PEER_MARKERS)
 
 
 def collective_failure(err: BaseException, output_dir=None):
@@ -453,14 +455,18 @@ def collective_failure(err: BaseException, output_dir=None):
     behind = {r: b for r, b in beats.items() if where(b) != furthest}
     silent = [r for r in range(parallel.world) if r not in beats]
     waited = sorted({parallel.rank, *(r for r in beats if r not in behind)})
-    timed_out = "Timed out" in str(err) or "timed out" in str(err) or "Timeout" in str(err)
-    step = parallel.current_step + 1 if parallel.current_step is not None else None  # 1-based, as metrics.jsonl counts
+    timed_out = any(m in str(err) for m in _TIMEOUT_MARKERS)
+    # steps counted from 1, as metrics.jsonl and the checkpoints count them
+    when = f"in step {parallel.current_step + 1}" if parallel.current_step is not None else "before step 1"
     how = f"waited over {parallel.timeout_s:g} s (collective_timeout_s)" if timed_out else "lost a peer"
-    line = f"collective {'timeout' if timed_out else 'failure'} in step {step}: process{'es' if len(waited) > 1 else ''} "            f"{', '.join(map(str, waited))} {how}"
+    plural = "es" if len(waited) > 1 else ""
+    line = f"collective {'timeout' if timed_out else 'failure'} {when}: process{plural} {', '.join(map(str, waited))} {how}"
     missing = [f"process {r} (last seen in step {b['step'] + 1}, {b['phase']}, {now - b['time']:.0f} s ago)"
                for r, b in sorted(behind.items())] + [f"process {r} (never reported)" for r in silent]
-    line += f" for {', '.join(missing)}: stalled or dead" if missing else \
-        " in the same phase as every other process (a stall inside a collective phase)"
+    if missing:
+        line += f" for {', '.join(missing)}: stalled or dead"
+    else:
+        line += " in the same phase as every other process (a stall inside a collective phase)"
     if output_dir is not None:
         from tempsamp.train.checkpoint import latest_checkpoint
 
