@@ -469,3 +469,54 @@ def test_sharded_generation_decodes_in_step_when_lengths_differ(tiny_small_vocab
     assert "rank 1 synced=True: lengths [6, 6]" in lines, lines
     assert any(line.startswith("rank 1 synced=False: failed") or line.startswith("rank 0 synced=False: failed")
                for line in lines), lines
+
+
+class FakeStore:
+    """The launcher's key-value store, as collective_failure uses it."""
+
+    def __init__(self):
+        self.values = {}
+
+    def set(self, key, value):
+        self.values[key] = value.encode() if isinstance(value, str) else value
+
+    def get(self, key):
+        return self.values[key]
+
+    def check(self, keys):
+        return all(k in self.values for k in keys)
+
+    def add(self, key, n):
+        self.values[key] = int(self.values.get(key, 0)) + n
+        return self.values[key]
+
+
+def test_watchdog_line_names_who_waited_and_who_was_missing_and_only_the_first_says_it(monkeypatch):
+    """Three processes: 0 and 2 reached step 5's update, 1 is still in step 5's rollout. Both waiting
+    processes time out; the first reports, the second ends quietly. Errors that are not a collective
+    timeout pass through."""
+    import time
+
+    from tempsamp.train import parallel as parallel_module
+
+    store = FakeStore()
+    monkeypatch.setattr(parallel_module.dist.distributed_c10d, "_get_default_store", lambda: store, raising=False)
+    monkeypatch.setattr(parallel_module.dist, "is_initialized", lambda: True)
+    now = time.time()
+    for rank, (step, phase) in enumerate([(4, "update"), (4, "rollout"), (4, "update")]):
+        store.set(f"tempsamp/heartbeat/{rank}", json.dumps({"step": step, "phase": phase, "time": now - 40}))
+
+    class Fake:
+        world, rank, timeout_s, current_step = 3, 0, 30.0, 4
+        heartbeats = parallel_module.Parallel.heartbeats
+
+    monkeypatch.setattr(parallel_module, "_active", Fake())
+    timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation to complete")
+    first = parallel_module.collective_failure(timeout)
+    assert str(first) == ("collective timeout in step 5: processes 0, 2 waited over 30 s (collective_timeout_s) for process 1 "
+                          "(last seen in step 5, rollout, 40 s ago): stalled or dead")
+    assert first.exit_code == 1
+    second = parallel_module.collective_failure(timeout)
+    assert str(second) == "" and second.exit_code == 1
+    assert parallel_module.collective_failure(RuntimeError("CUDA out of memory")) is None
+    assert parallel_module.collective_failure(ValueError("Timed out waiting")) is None
