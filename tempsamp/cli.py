@@ -66,7 +66,8 @@ def run_reporting_errors(args) -> int:
     try:
         return int(args.func(args) or 0)
     except RunStopped as err:
-        print(f"{name}: {err}", file=sys.stderr)
+        if str(err):  # empty: another process of the run says why (the collective watchdog)
+            print(f"{name}: {err}", file=sys.stderr)
         return err.exit_code
     except UserError as err:
         print(f"{name}: error: {err}", file=sys.stderr)

@@ -90,3 +90,10 @@ def test_weight_dtype_keeps_float32_master_weights_for_full_fine_tuning():
         TrainConfig(distributed="fsdp1").validate()
     with pytest.raises(ValueError, match="dtype"):
         TrainConfig(dtype="fp8").validate()
+
+
+def test_collective_timeout_must_be_a_positive_finite_number_of_seconds():
+    assert load_config("tiny_cpu", ["collective_timeout_s=30"]).collective_timeout_s == 30
+    for bad in ("0", "-5", "inf"):
+        with pytest.raises(ValueError, match="collective_timeout_s"):
+            load_config("tiny_cpu", [f"collective_timeout_s={bad}"])

@@ -107,6 +107,9 @@ class TrainConfig:
     rows_per_forward: int = 0
     # how the model is spread over processes (tempsamp.train.parallel): ddp | fsdp | zero2 | zero3 | zero3_offload
     distributed: str = "ddp"
+    # seconds a process may wait in a collective for the others (a stalled or dead process) before the
+    # run ends with one line naming the step and the processes (tempsamp.train.parallel, "watchdog")
+    collective_timeout_s: float = 1800.0
     seed: int = 0
 
     # run
@@ -178,6 +181,8 @@ class TrainConfig:
                 f"updates_per_rollout={self.updates_per_rollout} with strategy {self.strategy!r}: the GT row was never "
                 "sampled, so clipping its ratio to the pre-update policy stops a low-probability GT token from learning. "
                 "Set offpolicy_loss=luffy (no clipping for the GT row) or updates_per_rollout=1")
+        if not 0 < self.collective_timeout_s < float("inf"):
+            raise ValueError(f"collective_timeout_s: {self.collective_timeout_s!r} must be a finite number of seconds > 0")
         for key in ("max_unreadable_fraction", "max_skipped_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")

@@ -12,6 +12,14 @@ flag (``Group.offpolicy``), never by its position; the loss is normalised by the
 whole step over all processes; every decision that changes control flow (skip a step) is taken on
 gathered values, so all processes take it together; and the logged scalars are computed once, from
 every process's groups gathered (each group counted once, in slot order).
+
+Uneven work: under FSDP2 and ZeRO-3 every forward is a collective, so every process runs the same
+sequence of them whatever its number of usable groups (any queries_per_step with any number of
+processes; an unreadable video on one process): one generate call per step (a process without a
+usable query samples a blank stand-in video), decoding in step (``synced_gpus``), and as many
+log-prob forwards and backwards as the busiest process, the extra ones on a stand-in group with loss
+weight 0 (``update``'s ``filler``). The gradient and the loss's normaliser come from real groups
+only, so the step is exactly what one process computes on the same usable groups.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -147,7 +156,7 @@ def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest
         ids, texts, offpolicy = list(ids), list(texts), [False] * len(ids)
         n_sampled = len(ids)
         loss_masks = [None] * n_sampled
-        if cfg.uses_offpolicy:
+        if cfg.uses_offpolicy and example is not None:  # None: a blank stand-in (blank_request), no GT
             gt_text = offpolicy_text(example, mode, get_preset(cfg.input_preset).decimals)
             ids.append(qwen_vl.completion_ids(processor, gt_text))
             texts.append(gt_text)
@@ -156,6 +165,19 @@ def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest
         groups.append(Group(example, request.prompt_inputs, ids, texts, offpolicy,
                             generated_tokens=sum(len(i) for i in ids[:n_sampled]), loss_masks=loss_masks))
     return groups
+
+
+def blank_request(cfg, processor, device, mode: str) -> RolloutRequest:
+    """A stand-in query for a process with no usable video in a step: two black frames at the
+    smallest pixel budget. It is sampled and passed forward and backward like a real query (so the
+    process takes part in every collective) but its loss weight is 0: it changes nothing."""
+    factor = qwen_vl.frame_factor(processor)
+    side = factor * max(2, math.ceil(math.sqrt(cfg.min_pixels) / factor))
+    frames = np.zeros((2, side, side, 3), np.uint8)
+    text = prompt_text("(no video)", mode, duration=2 / cfg.fps)
+    prompt = qwen_vl.build_prompt(processor, text, frames, cfg.fps, device=device)
+    n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
+    return RolloutRequest(prompt, frames, cfg.fps, text, n_sampled, 0)
 
 
 def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_frames) -> Group:
@@ -234,19 +256,24 @@ def advantages(cfg, task, fmt, off):
     )
 
 
-def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
+def update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler: Group | None = None):
     """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
 
     Each forward holds one group, or as many whole groups as fit in ``cfg.rows_per_forward`` rows;
     gradients accumulate over the forwards and are exchanged on the last one. The loss and its
     statistics are computed per group, as if each were its own micro-batch, so packing changes
     only how many rows one forward carries.
+    Every process runs as many forwards (and backwards) as the busiest one: the missing ones carry
+    ``filler`` (a group already at hand, or a blank stand-in) with loss weight 0, so the
+    collectives of sharded weights stay in step and the gradient is that of the real groups.
     Returns (UpdateLog, whether the step was applied). A step whose loss or gradients are not
     finite on any process is skipped by all (gradients zeroed), never applied.
     """
     forwards = pack_groups(groups, cfg.rows_per_forward)
     batches = [qwen_vl.groups_batch([groups[i].prompt for i in f], [groups[i].completion_ids for i in f], pad_id)
                for f in forwards]
+    n_fill = max(parallel.gather_object(len(forwards))) - len(forwards)
+    fill_batch = qwen_vl.groups_batch([filler.prompt], [filler.completion_ids], pad_id) if n_fill else None
     completion_masks = [m for b in batches for m in qwen_vl.split_groups(b["completion_mask"], b)]  # per group
     masks = [loss_mask(m, g) for m, g in zip(completion_masks, groups)]  # padding (and masked GT think tokens) excluded
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
@@ -259,7 +286,10 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     normalizer = parallel.sum(local_count) / parallel.world
 
     def per_group(logprobs_of_batch):  # one forward per batch, cut back into per-group [G, L_group]
-        return [lp for b in batches for lp in qwen_vl.split_groups(logprobs_of_batch(b), b)]
+        out = [lp for b in batches for lp in qwen_vl.split_groups(logprobs_of_batch(b), b)]
+        for _ in range(n_fill):  # the filler forwards: in step with the busiest process, results unused
+            logprobs_of_batch(fill_batch)
+        return out
 
     log = UpdateLog()
     t0 = time.perf_counter()
@@ -276,7 +306,7 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
         parallel.zero_grad()
         pass_loss = 0.0
         for k, (f, b) in enumerate(zip(forwards, batches)):
-            with parallel.micro_batch(last=k == len(batches) - 1):
+            with parallel.micro_batch(last=k == len(batches) - 1 and not n_fill):
                 logp_b, entropy_b = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 losses = []
                 for i, logp, entropy in zip(f, qwen_vl.split_groups(logp_b, b), qwen_vl.split_groups(entropy_b, b)):
@@ -298,6 +328,12 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
             # The step's loss is the sum of its micro-batch losses (each already divided by the
             # whole step's count); over P processes each holds P x its share, hence the / P.
             pass_loss += float(loss.detach()) / parallel.world
+        for k in range(n_fill):
+            with parallel.micro_batch(last=k == n_fill - 1):
+                logp = qwen_vl.completion_logprobs(model, fill_batch, temperature=cfg.temperature)
+                # weight 0: a backward through every parameter (its reduce-scatters under FSDP2 /
+                # ZeRO-3, the gradient exchange under DDP) that adds nothing to the gradient
+                parallel.backward(logp.sum() * 0.0)
         log.losses.append(pass_loss)
         t1 = time.perf_counter()
         log.seconds["policy"] += t1 - t0
@@ -436,8 +472,8 @@ def peak_memory_gb() -> float:
 # ---------------------------------------------------------------- the recipe
 
 
-# Settings a resumed run may change: they decide what is written, not what is computed.
-RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every")
+# Settings a resumed run may change: they decide what is written (or how long a collective may wait), not what is computed.
+RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "collective_timeout_s")
 
 
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
@@ -462,23 +498,44 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
 
     resume: continue from the newest intact checkpoint (damaged newer ones are named and passed
     over); with ``require_checkpoint`` a missing one is a UserError instead of a fresh start.
-    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps.
+    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps,
+    and (one line naming the step and the processes) when a collective waited longer than
+    ``collective_timeout_s`` for a stalled or dead process.
     """
+    from tempsamp.train.parallel import collective_failure
+
+    try:
+        return _train(cfg, resume, max_steps, require_checkpoint)
+    except RuntimeError as err:
+        stopped = collective_failure(err, cfg.output_dir)
+        if stopped is None:
+            raise
+        raise stopped from None
+
+
+def _stall_for_tests(parallel, step: int) -> None:
+    """TEMPSAMP_TEST_STALL=RANK:STEP:SECONDS makes process RANK sleep in the data phase of STEP
+    (1-based): how the tests stall one process to check the watchdog. Not a setting."""
+    spec = os.environ.get("TEMPSAMP_TEST_STALL")
+    if spec:
+        rank, at, seconds = spec.split(":")
+        if int(rank) == parallel.rank and int(at) == step + 1:
+            time.sleep(float(seconds))
+
+
+def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkpoint: bool) -> Path:
     from tqdm import tqdm
 
     from tempsamp.train.parallel import Parallel
     from tempsamp.train.rollout_engine import make_engine
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
-    parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available())
+    parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available(), timeout_s=cfg.collective_timeout_s)
     gather_object = parallel.gather_object
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    if cfg.queries_per_step < parallel.world:
-        raise UserError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
-                         "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
     guards.preflight_videos(examples, cfg, parallel.print)
     if parallel.is_main:
@@ -531,7 +588,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         start = state["step"]
         counters = Counters(**state["counters"])
         parallel.print(f"resumed from {checkpoint} at step {start}")
-    engine = make_engine(cfg, policy, processor, model_path)
+    engine = make_engine(cfg, policy, processor, model_path, synced_gpus=parallel.sharded_weights)
     parallel.print(f"rollout engine: {engine.description}")
     for entry, description in zip(layout, gather_object(engine.description)):  # what samples, per process
         entry["rollout_engine"] = description
@@ -581,6 +638,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         cot = stage["mode"] == COT
         parallel.set_lr(lr_at(cfg, step))
         faults = Counters()  # this process's faults in this step
+        parallel.heartbeat(step, "data")
+        _stall_for_tests(parallel, step)
 
         # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
         slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), parallel.rank, parallel.world)
@@ -595,16 +654,12 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
                 faults.bad_videos += 1
                 events.append(("bad_video", str(err)))
         t_data = time.perf_counter() - t0
-        # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
-        # Every process enters generation() once per step, with or without queries (ZeRO-3 gathers).
-        with torch.no_grad(), parallel.autocast(), parallel.generation():
-            groups = rollout_step(cfg, engine, processor, step_examples, requests, stage["mode"]) if requests else []
-        t_rollout = time.perf_counter() - t0 - t_data
-
-        # A process without a usable group cannot take part in the step's gradient exchange:
-        # then no process updates (decided on gathered counts, so all agree).
-        group_counts = gather_object(len(groups))
-        if min(group_counts) == 0:
+        parallel.heartbeat(step, "rollout")
+        # Decided on gathered counts, so all processes agree: no usable query anywhere skips the
+        # step; otherwise every process takes part, one without a usable query on a blank stand-in
+        # (weight 0) and the step is applied on the others' groups (its bad videos are counted).
+        group_counts = gather_object(len(requests))
+        if max(group_counts) == 0:
             reports = gather_object({"faults": faults.faults(), "events": events})
             counters.add([r["faults"] for r in reports])
             counters.skipped_steps += 1
@@ -612,28 +667,42 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
             if logger:
                 for kind, message in [e for r in reports for e in r["events"]]:
                     logger.event(step, kind, message)
-                logger.event(step, "skipped_step", f"no usable video on {group_counts.count(0)} of {len(group_counts)} processes")
+                logger.event(step, "skipped_step", f"no usable video on any of the {len(group_counts)} processes")
                 logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
             stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
             end_of_step(step + 1, force=stopping is not None)
             if stopping:
                 break
             continue
+        # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
+        # Every process makes ONE generate call per step (ZeRO-3 gathers its weights around it).
+        blank = [] if requests else [blank_request(cfg, processor, parallel.device, stage["mode"])]
+        with torch.no_grad(), parallel.autocast(), parallel.generation():
+            groups = rollout_step(cfg, engine, processor, step_examples or [None], requests or blank, stage["mode"])
+        filler = groups[0]  # the forwards this process runs beyond its own groups carry it, at weight 0
+        groups = groups[:len(requests)]
+        t_rollout = time.perf_counter() - t0 - t_data
 
         # 2. score, 3. advantages (on whole groups: each group lives on one process)
-        task, fmt, off, scores = score(cfg, groups, cot, faults)
-        adv = advantages(cfg, task, fmt, off)
+        parallel.heartbeat(step, "update")
+        if groups:
+            task, fmt, off, scores = score(cfg, groups, cot, faults)
+            adv = advantages(cfg, task, fmt, off)
+        else:
+            task = fmt = torch.zeros(0, cfg.num_generations)
+            adv, scores = [], []
 
         # 4. loss and optimizer step, then the sampler gets the new weights
         model.train()
-        update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id)
+        update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler=filler)
         t_push = time.perf_counter()
         if applied:
             engine.push_weights(policy)
         update_log.seconds["push"] = time.perf_counter() - t_push
 
         # gather every process's report: faults, events and logs are counted once per group
-        fmt_scores = np.stack([s.format for s in scores])
+        parallel.heartbeat(step, "log")
+        fmt_scores = np.stack([s.format for s in scores]) if scores else np.zeros((0, cfg.num_generations))
         report = {
             "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
             "data_seconds": t_data,
@@ -644,6 +713,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         if logger:
             for kind, message in [e for r in reports for e in r["events"]]:
                 logger.event(step, kind, message)
+            if 0 in group_counts:
+                idle = ", ".join(str(r) for r, n in enumerate(group_counts) if n == 0)
+                logger.event(step, "idle_process", f"no usable video on process {idle}: it took part with a blank stand-in "
+                             "of weight 0; the step is applied on the other processes' groups")
         if not applied:
             counters.skipped_steps += 1
             counters.skipped_non_finite += 1
@@ -672,6 +745,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
         stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+        parallel.heartbeat(step, "checkpoint")
         t_checkpoint = time.perf_counter()
         end_of_step(step + 1, force=stopping is not None)
         checkpoint_seconds = time.perf_counter() - t_checkpoint

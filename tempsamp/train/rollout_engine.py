@@ -68,9 +68,12 @@ class RolloutEngine(Protocol):
 class TransformersEngine:
     """Sampling with transformers ``generate`` on the policy itself (the default)."""
 
-    def __init__(self, model, processor, *, max_new_tokens: int, temperature: float, top_p: float):
+    def __init__(self, model, processor, *, max_new_tokens: int, temperature: float, top_p: float, synced_gpus: bool = False):
         self.model, self.processor = model, processor
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        # sharded weights (FSDP2, ZeRO-3 over several processes): every process runs as many
+        # decoding forwards as the longest, so their collectives stay in step
+        self.synced_gpus = synced_gpus
         self.description = "transformers generate"
 
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
@@ -85,7 +88,7 @@ class TransformersEngine:
         batch = qwen_vl.merge_prompts([r.prompt_inputs for r in requests], qwen_vl.pad_token_id(self.processor))
         out = qwen_vl.generate_batch(
             self.model, self.processor, batch, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-            top_p=self.top_p, do_sample=True, num_samples=n, seeds=[r.seed for r in requests],
+            top_p=self.top_p, do_sample=True, num_samples=n, seeds=[r.seed for r in requests], synced_gpus=self.synced_gpus,
         )
         return [(list(out.ids[i * n:(i + 1) * n]), list(out.texts[i * n:(i + 1) * n])) for i in range(len(requests))]
 
@@ -274,11 +277,13 @@ def check_cpu_head_size(model_path: str) -> None:
                          "(for the tiny model use model=tiny-vllm)")
 
 
-def make_engine(cfg, model, processor, model_path: str) -> RolloutEngine:
+def make_engine(cfg, model, processor, model_path: str, *, synced_gpus: bool = False) -> RolloutEngine:
+    """synced_gpus: the policy's weights are sharded over processes (transformers engine only)."""
     from tempsamp.presets import get_preset
 
     if cfg.rollout_engine == "transformers":
-        return TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        return TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, synced_gpus=synced_gpus)
     if cfg.rollout_engine == "vllm":
         # The engine computes in the policy's dtype (float32 on a CPU), so it samples the policy.
         dtype = str(next(getattr(model, "module", model).parameters()).dtype).removeprefix("torch.")
