@@ -305,6 +305,13 @@ class Parallel:
             "local_optimizer_params": opt_local,
         }
 
+    # ------------------------------------------------------------------ weights for a rollout engine
+
+    def full_weights(self, skip_frozen_vision: bool = True):
+        """The policy's whole weights one module at a time (``iter_full_weights``). Collective."""
+        return iter_full_weights(self.policy, zero3=self.mode in ("zero3", "zero3_offload"),
+                                 skip_frozen_vision=skip_frozen_vision)
+
     # ------------------------------------------------------------------ checkpoints
 
     def full_state_dict(self) -> dict | None:
@@ -370,6 +377,58 @@ class Parallel:
     def sharded(self) -> bool:
         """Whether the optimizer state lives in shards (checkpoints then hold ``fsdp/`` or ``deepspeed/``)."""
         return self.mode != "ddp"
+
+
+def iter_full_weights(model, *, zero3: bool = False, skip_frozen_vision: bool = False):
+    """A model's weights, whole, one module at a time: ``(name, tensor)`` under the base model's
+    names, LoRA merged into its base weight, adapters left out. With sharded weights this is
+    collective: every process iterates it to the end, in the same order.
+
+    What one step holds beyond the sharded model is one module's weights (a LoRA layer: its base
+    weight, the adapters and the merged result): FSDP2 gathers each parameter with
+    ``full_tensor()``; ZeRO-3 (``zero3``) gathers one module's own parameters with
+    ``GatheredParameters``; DDP and ZeRO-2 hold whole weights already (no copy, except LoRA's merged
+    weight). A yielded tensor is valid until the next one is asked for (ZeRO-3 re-partitions it
+    then): the consumer copies it in at once, as vLLM's weight loading does.
+    ``skip_frozen_vision``: leave out a vision tower that does not train (it never changes).
+    """
+    from torch.distributed.tensor import DTensor
+
+    def whole(t):
+        return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+    model = getattr(model, "module", model)  # under DDP
+    prefix = "base_model.model."  # peft's wrapping
+    merged: set[str] = set()
+    for module_name, module in model.named_modules():
+        if "lora_" in module_name or any(module_name.startswith(m + ".") for m in merged):
+            continue  # the adapters themselves, and a LoRA layer's parts (done with their layer)
+        lora = hasattr(module, "lora_A") and hasattr(module, "base_layer")
+        owner = module.base_layer if lora else module
+        params = dict(owner.named_parameters(recurse=False))
+        if lora:
+            merged.add(module_name)
+            (adapter,) = module.active_adapters
+            adapters = [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
+        else:
+            adapters = []
+        if not params:
+            continue
+        base = module_name[len(prefix):] if module_name.startswith(prefix) else module_name
+        if skip_frozen_vision and "visual" in base.split(".") and not any(p.requires_grad for p in params.values()):
+            continue
+        gathered = contextlib.nullcontext()
+        if zero3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(params.values()) + adapters, modifier_rank=None)
+        with gathered, torch.no_grad():
+            for name, param in params.items():
+                tensor = whole(param)
+                if adapters and name == "weight":
+                    a, b = whole(adapters[0]), whole(adapters[1])
+                    tensor = tensor + (b @ a).to(tensor.dtype) * module.scaling[adapter]
+                yield (f"{base}.{name}" if base else name), tensor
 
 
 def _transformers_model(model):
