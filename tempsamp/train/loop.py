@@ -750,6 +750,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     if logger:
         logger.close()
         write_speed_summary(out)
+    parallel.barrier()
+    engine.close()  # vLLM: before the process group goes (its shutdown destroys every group)
     parallel.close()
     last = latest_checkpoint(out)
     done = int(last.name.split("-")[1]) if last else start

@@ -388,8 +388,9 @@ def iter_full_weights(model, *, zero3: bool = False, skip_frozen_vision: bool = 
     weight, the adapters and the merged result): FSDP2 gathers each parameter with
     ``full_tensor()``; ZeRO-3 (``zero3``) gathers one module's own parameters with
     ``GatheredParameters``; DDP and ZeRO-2 hold whole weights already (no copy, except LoRA's merged
-    weight). A yielded tensor is valid until the next one is asked for (ZeRO-3 re-partitions it
-    then): the consumer copies it in at once, as vLLM's weight loading does.
+    weight). vLLM's in-place reload keeps the inputs of one of its layers until the layer is
+    complete (q, k and v for its fused qkv projection), then copies them in: the push's extra
+    memory is about one such layer, never the model.
     ``skip_frozen_vision``: leave out a vision tower that does not train (it never changes).
     """
     from torch.distributed.tensor import DTensor
@@ -428,6 +429,11 @@ def iter_full_weights(model, *, zero3: bool = False, skip_frozen_vision: bool = 
                 if adapters and name == "weight":
                     a, b = whole(adapters[0]), whole(adapters[1])
                     tensor = tensor + (b @ a).to(tensor.dtype) * module.scaling[adapter]
+                elif zero3:
+                    # The consumer may hold the tensor past this module (vLLM keeps a fused layer's
+                    # inputs, e.g. q, k and v, until all have arrived); ZeRO-3 frees the gathered
+                    # storage when the module is left, so hand out a copy.
+                    tensor = tensor.clone()
                 yield (f"{base}.{name}" if base else name), tensor
 
 

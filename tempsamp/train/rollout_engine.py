@@ -80,6 +80,9 @@ class RolloutEngine(Protocol):
     def wake_up(self) -> None:
         """After the update (and push): ready to sample again."""
 
+    def close(self) -> None:
+        """Shut the engine down (before the trainer's process group is destroyed)."""
+
 
 class TransformersEngine:
     """Sampling with transformers ``generate`` on the policy itself (the default)."""
@@ -112,6 +115,9 @@ class TransformersEngine:
         pass
 
     def wake_up(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -310,6 +316,12 @@ class VLLMEngine:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down now. Under the external launcher vLLM's shutdown destroys every
+        process group, the trainer's included, so the trainer calls this after its last collective
+        (left to the interpreter's exit it fails on groups the trainer already destroyed)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 def check_cpu_head_size(model_path: str) -> None:
     """vLLM's CPU attention supports head sizes 32, 64, 80, ... 512; say so before a long start-up."""
