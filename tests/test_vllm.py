@@ -407,6 +407,9 @@ def test_fsdp_run_killed_mid_run_resumes_to_the_uninterrupted_result(synth, fsdp
     assert diff <= RESUME_ATOL, diff
 
 
+# Measured: bitwise equal (0.0). vLLM samples with per-request seeds and the prefix cache is reset at
+# every push, so the resumed engines redraw the same completions; the tolerance leaves room for a
+# kernel that reduces in another order after a restart, not for different samples.
 RESUME_ATOL = 1e-6
 
 

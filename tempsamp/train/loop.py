@@ -449,7 +449,7 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
 
 
 def mismatch_scalars(parts: list[Mismatch]) -> dict:
-    """The sampler/learner log-prob mismatch over every process's on-policy completion tokens (None:
+    """The sampler/learner log-prob mismatch over every process's on-policy completion tokens (absent:
     the engine gave no log-probs, i.e. transformers, which samples with the policy itself)."""
     total = Mismatch()
     for part in parts:
