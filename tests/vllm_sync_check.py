@@ -73,7 +73,8 @@ def main(model_dir: str, out: str) -> None:
             want = qwen_vl.completion_logprobs(wrapped, batch)[0]
         stale = engine_logprobs(engine, frames, completion)
         start = time.perf_counter()
-        engine.push_weights(parallel.policy, weights=parallel.full_weights())
+        # the frozen vision tower left out under LoRA: vLLM keeps its own (the checkpoint's)
+        engine.push_weights(parallel.policy, weights=parallel.full_weights(skip_frozen_vision=lora))
         seconds = time.perf_counter() - start
         got = engine_logprobs(engine, frames, completion)
         rows.append({"mode": mode, "lora": lora, "rank": parallel.rank, "world": parallel.world,

@@ -307,7 +307,7 @@ class Parallel:
 
     # ------------------------------------------------------------------ weights for a rollout engine
 
-    def full_weights(self, skip_frozen_vision: bool = True):
+    def full_weights(self, skip_frozen_vision: bool = False):
         """The policy's whole weights one module at a time (``iter_full_weights``). Collective."""
         return iter_full_weights(self.policy, zero3=self.mode in ("zero3", "zero3_offload"),
                                  skip_frozen_vision=skip_frozen_vision)
@@ -391,7 +391,8 @@ def iter_full_weights(model, *, zero3: bool = False, skip_frozen_vision: bool = 
     weight). vLLM's in-place reload keeps the inputs of one of its layers until the layer is
     complete (q, k and v for its fused qkv projection), then copies them in: the push's extra
     memory is about one such layer, never the model.
-    ``skip_frozen_vision``: leave out a vision tower that does not train (it never changes).
+    ``skip_frozen_vision``: leave out a vision tower that does not train (it never changes; vLLM
+    then keeps its own copy, but warns about every layer the reload left out).
     """
     from torch.distributed.tensor import DTensor
 
