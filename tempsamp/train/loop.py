@@ -32,7 +32,7 @@ from tempsamp.loss import grpo_loss
 from tempsamp.models import qwen_vl
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
 from tempsamp.errors import RunStopped, UserError
-from tempsamp.train import guards
+from tempsamp.train import guards, runlock
 from tempsamp.train.checkpoint import (
     begin_checkpoint, checkpoints, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights,
     save_rng,
@@ -480,6 +480,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         from tempsamp.errors import ensure_output_dir
 
         ensure_output_dir(out, "output_dir")
+        runlock.acquire(out, parallel.print)  # one run per output_dir (the CLI holds it already)
     model_path = resolve_model_path(cfg.model)
     # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
     # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
@@ -684,6 +685,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         logger.close()
         write_speed_summary(out)
     parallel.close()
+    if parallel.is_main:
+        runlock.release(out)
     last = latest_checkpoint(out)
     done = int(last.name.split("-")[1]) if last else start
     line = guards.summary(counters, done, cfg.total_steps, last)
