@@ -248,6 +248,8 @@ def _significant(significance: list, a: str, b: str, metric: str = "mIoU") -> bo
 
 def significance_lines(significance: list) -> list[str]:
     """The report's table of strategy differences (B - A, 95% interval, p) and how to read it."""
+    from tempsamp.evaluation.compare import p_text
+
     if not significance:
         return []
     first = significance[0]
@@ -261,7 +263,7 @@ def significance_lines(significance: list) -> list[str]:
         cells = []
         for metric in ("mIoU", "R1@0.5"):
             r = entry["metrics"][metric]
-            text = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.3f}"
+            text = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], {p_text(r['p'])}"
             cells.append(f"**{text}**" if r["significant"] else text)
         lines.append(f"| {entry['pair'][0]} - {entry['pair'][1]} | " + " | ".join(cells) + " |")
     return lines + [""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tempsamp.errors import positive_int
+from tempsamp.errors import nonnegative_float, positive_float, positive_int
 from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 
 
@@ -18,7 +18,7 @@ DEFAULTS = {"fps": 2.0, "frame_sampling": "exact", "max_frames": None, "min_pixe
 
 def _video_args(p) -> None:
     d = DEFAULTS
-    p.add_argument("--fps", type=float, default=None, help=f"default: the trained run's, else {d['fps']}")
+    p.add_argument("--fps", type=positive_float, default=None, help=f"default: the trained run's, else {d['fps']}")
     p.add_argument("--max-frames", type=positive_int, default=None,
                    help="frame cap (default: the trained run's, else 256 with exact sampling, qwen-vl-utils' 768 with "
                         "--frame-sampling qwen)")
@@ -31,7 +31,7 @@ def _video_args(p) -> None:
     p.add_argument("--frame-cache", default=None, help="folder for the on-disk frame cache")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help=f"default: the trained run's, else {d['max_new_tokens']}")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
 
 
 def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:

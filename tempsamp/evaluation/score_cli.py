@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tempsamp.errors import nonnegative_int
 from tempsamp.evaluation.conventions import CONVENTIONS, MISSING, PARSERS, Convention
 
 
@@ -273,7 +274,7 @@ def register(sub) -> None:
     g.add_argument("--durations", default=None, help="Charades-STA text: the CSV with video lengths")
     g.add_argument("--strict", action="store_true", help="count IoU > m instead of IoU >= m")
     g.add_argument("--clip-gt", action="store_true", help="clip ground-truth spans to [0, duration] first")
-    g.add_argument("--round-iou", type=int, default=None, metavar="N", help="round IoU to N decimals first")
+    g.add_argument("--round-iou", type=nonnegative_int, default=None, metavar="N", help="round IoU to N decimals first")
     g.add_argument("--allow-missing", action="store_true", help="score queries without a prediction as misses")
     g.add_argument("--convention", choices=list(CONVENTIONS), default="tempsamp",
                    help="whose parser, IoU rounding and missing-query rule: tempsamp (default), timezero "
