@@ -106,3 +106,13 @@ def nonnegative_float(text: str) -> float:
 
 # The argparse types above: every numeric flag of the CLI uses one (tests/test_errors.py checks).
 RANGE_TYPES = (positive_int, nonnegative_int, positive_float, nonnegative_float)
+
+
+def require_file(path, what: str) -> None:
+    """``what`` with its article ("an annotation file"): FileNotFoundError "PATH: annotation file not found",
+    or UserError "PATH: is a folder, not an annotation file" for a directory (not "not found")."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what.split(' ', 1)[1]} not found")

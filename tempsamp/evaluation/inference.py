@@ -30,7 +30,7 @@ import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
 from tempsamp.errors import UserError
-from tempsamp.prompts import ANSWER, COT, prompt_text
+from tempsamp.prompts import ANSWER, COT, prompt_template, prompt_text
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
 
@@ -511,6 +511,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     """
     from tempsamp.errors import ensure_output_dir
 
+    check_unique_qids(examples)
     out_dir = ensure_output_dir(out_dir, "evaluation folder (--out)")
     for mode in modes:
         if mode not in MODES:
@@ -548,10 +549,32 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
              "frame_sampling": video.frame_sampling,
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,
-             "prompt_answer": prompt_text("{query}", ANSWER, duration=0.0, task=task),
-             "prompt_cot": prompt_text("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
+             "prompt_answer": prompt_template(ANSWER, task), "prompt_cot": prompt_template(COT, task),
+             "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))
+    failed = [(ex, r["error"]) for ex, r in zip(examples, records) if r.get("error")]
+    if failed and len(failed) == len(examples):  # a metric of 0 would read as a result; it is a set-up error
+        from tempsamp.errors import UserError
+
+        raise UserError(f"none of the {len(examples)} videos could be read, so nothing was evaluated (first: "
+                        f"{failed[0][1]}); check --videos and the annotation file's video paths "
+                        f"({out_dir / 'report.md'} lists every failure)")
+    if failed:
+        say(f"warning: {len(failed)} of {len(examples)} videos could not be read and score as misses (IoU 0); "
+            f"the first: {failed[0][1]}; {out_dir / 'report.md'} lists them")
     return results
+
+
+def check_unique_qids(examples: list[Example]) -> None:
+    """Refuse two queries with one qid: their predictions would share a line that `score` refuses."""
+    from tempsamp.errors import UserError
+
+    first: dict[str, Example] = {}
+    for ex in examples:
+        if ex.qid in first:
+            raise UserError(f"{ex.source or 'annotations'}: qid {ex.qid!r} is used twice (first at "
+                            f"{first[ex.qid].source or 'an earlier line'}); every query needs its own qid")
+        first[ex.qid] = ex
 
 
 def write_queries(path: Path, examples: list[Example]) -> None:

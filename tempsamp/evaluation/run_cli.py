@@ -55,6 +55,7 @@ def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
     if not path.is_dir():
         raise UserError(f"--model {spec}: is a file, not a model; {what}")
     if (path / "config.json").exists():
+        check_model_folder(spec, "--model ")
         return str(path), _trained_config(path.parent)
     from tempsamp.train.checkpoint import checkpoints, latest_checkpoint, verify_checkpoint
 
@@ -75,6 +76,29 @@ def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
         say(f"model: {chosen.name}, the newest intact checkpoint of the run {path} ({len(found)} checkpoint(s))")
         return str(chosen / "model"), _trained_config(chosen)
     raise UserError(f"--model {spec}: not a model (no config.json, no checkpoint-N folders, no state.json); {what}")
+
+
+def check_model_folder(spec: str, flag: str) -> None:
+    """A model given as a path must exist and hold whole weights; a hub id (org/name) is left to transformers.
+
+    ``flag`` prefixes the message (``--model `` or ``model=``). Cheap: safetensors headers only.
+    """
+    from pathlib import Path
+
+    from tempsamp.errors import UserError
+    from tempsamp.train.checkpoint import damaged_weights
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/"):
+            return  # a hub id
+        raise UserError(f"{flag}{spec}: no such folder; give a model folder (holding config.json) or a hub id "
+                        "(org/name)")
+    if not path.is_dir():
+        raise UserError(f"{flag}{spec}: is a file, not a model folder")
+    problem = damaged_weights(path)
+    if problem:
+        raise UserError(f"{flag}{spec}: {problem}; the model folder is incomplete (copy it again, or re-export it)")
 
 
 def _trained_config(folder) -> dict | None:

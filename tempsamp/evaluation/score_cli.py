@@ -30,15 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tempsamp.errors import nonnegative_int
+from tempsamp.errors import nonnegative_int, require_file
 from tempsamp.evaluation.conventions import CONVENTIONS, MISSING, PARSERS, Convention
 
 
 def read_jsonl(path) -> tuple[list[dict], list[str]]:
     """Objects of a JSONL file and their "file:line" sources; blank lines are skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+    require_file(path, "a JSONL file")
     rows, sources = [], []
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not text.strip():

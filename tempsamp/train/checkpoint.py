@@ -88,6 +88,18 @@ def verify_checkpoint(path: str | Path) -> str | None:
     return None
 
 
+def damaged_weights(model_dir: str | Path) -> str | None:
+    """None when every ``*.safetensors`` in a model folder reads back whole, else which file and what is wrong."""
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            problem = _safetensors_problem(file)
+        except (OSError, ValueError) as err:
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if problem:
+            return f"{file.name} is damaged: {problem}"
+    return None
+
+
 def _safetensors_problem(file: Path) -> str | None:
     size = file.stat().st_size
     with open(file, "rb") as f:

@@ -52,6 +52,10 @@ def run_train(args) -> int:
         raise UserError("--overwrite and --resume contradict each other: --resume continues the run in output_dir, "
                         "--overwrite replaces it; give one")
     under_launcher = "LOCAL_RANK" in os.environ
+    if cfg.model not in ("tiny", "tiny-vllm"):  # say at once, before any process or video is opened
+        from tempsamp.evaluation.run_cli import check_model_folder
+
+        check_model_folder(cfg.model, "model=")
     # The checks of output_dir run once, before any process starts: in this process, or, under a
     # torchrun started by hand, in rank 0 (the others are stopped by torchrun when it fails).
     if not under_launcher or (os.environ.get("RANK", "0") == "0" and runlock.HELD_BY_LAUNCHER not in os.environ):

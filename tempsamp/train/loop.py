@@ -112,6 +112,9 @@ def resolve_model_path(name: str) -> str:
 
     if name in NAMED_SPECS:  # "tiny", or "tiny-vllm" (head size 32, for vLLM's CPU attention)
         return str(ensure_tiny_model(spec=NAMED_SPECS[name]))
+    from tempsamp.evaluation.run_cli import check_model_folder
+
+    check_model_folder(name, "model=")
     return name
 
 
