@@ -196,7 +196,7 @@ def register(sub) -> None:
 def run_eval(args) -> int:
     from tempsamp.data.readers import load_examples
     from tempsamp.errors import UserError, ensure_output_dir
-    from tempsamp.evaluation.inference import check_vllm_available, evaluate
+    from tempsamp.evaluation.inference import check_unique_qids, check_vllm_available, evaluate
 
     if args.engine == "vllm":  # before reading anything: say at once what is missing
         try:
@@ -210,6 +210,7 @@ def run_eval(args) -> int:
         raise UserError(f"{args.annotations}: no queries in the file")
     if args.limit:
         examples = examples[: args.limit]
+    check_unique_qids(examples)  # before the folder is made
     ensure_output_dir(args.out, "evaluation folder (--out)")
     results = evaluate(model, examples, args.out, args.mode, video=_video_settings(settings, args.frame_cache),
                        max_new_tokens=settings["max_new_tokens"], temperature=args.temperature,
