@@ -287,7 +287,9 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
                     + " | ".join(mean_std([metric_key(r[mode], m) for r in cot_runs]) for m in METRICS) + " |")
 
     # curves: reward and top-1 on-policy IoU per step, mean over seeds, smoothed over 5 steps
-    for key, name in (("reward/raw", "reward"), ("iou/top1_onpolicy", "top1_iou")):
+    for key, name, title, ylabel in (
+            ("reward/raw", "reward", "Reward of the on-policy samples", "mean task reward"),
+            ("iou/top1_onpolicy", "top1_iou", "IoU of the best on-policy sample per query", "IoU")):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for s in STRATEGIES:
             series = [[r.get(key) if r.get(key) is not None else np.nan for r in run] for run in curves[s]]
@@ -296,7 +298,9 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
             smooth = np.convolve(mean, np.ones(5) / 5, mode="valid") if n >= 5 else mean
             ax.plot(np.arange(len(smooth)) + (n - len(smooth) + 1), smooth, label=s)
         ax.set_xlabel("RL step")
-        ax.set_title(f"{key}, on-policy samples (mean of {size.seeds} seed(s), 5-step moving average)", fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}\n(mean of {size.seeds} seed{'s' if size.seeds > 1 else ''}, 5-step moving average)",
+                     fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()

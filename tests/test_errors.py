@@ -255,10 +255,12 @@ def test_plot_one_quantity_per_axis_points_stages_and_integer_steps(tmp_path, mo
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.setdefault(fig.axes[0].get_title(), fig) and None)
     names = {p.name for p in plot_run(run)}
     assert {"loss.png", "lr.png", "policy.png", "reward.png"} <= names
-    policy = figures["policy"]
+    policy = figures["Policy drift, clipping and entropy"]  # human titles, y labels and legends, no internal keys
     curves = [[line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in policy.axes]
-    assert curves == [["loss/kl"], ["loss/clip_fraction"], ["policy/entropy"]]  # the stage line is unlabelled
-    reward = figures["reward"].axes[0]
+    assert curves == [["on-policy rows"], ["clipped tokens"], ["entropy"]]  # the stage line is unlabelled
+    assert [ax.get_ylabel() for ax in policy.axes] == ["KL to the reference", "fraction of tokens", "entropy (nats/token)"]
+    assert all(ax.get_ylabel() and "/" not in ax.get_title() for fig in figures.values() for ax in fig.axes)
+    reward = figures["Reward"].axes[0]
     curves = [line for line in reward.get_lines() if not line.get_label().startswith("_")]
     assert len(curves) == 2 and all(line.get_marker() == "o" for line in curves)  # a one-step run still shows a point
     assert [line.get_xdata()[0] for line in reward.lines if line.get_linestyle() == "--"] == [2.5]  # the answer -> cot change
