@@ -171,3 +171,24 @@ def test_overrides_are_accepted_after_options(capsys):
     with pytest.raises(SystemExit):
         main(["train", "tiny_cpu", "--print-config", "--nonsense"])
     assert "unrecognized arguments: --nonsense" in capsys.readouterr().err
+
+
+def test_threads_never_exceed_the_cores_shared_among_the_local_processes(monkeypatch):
+    import os
+
+    import torch
+
+    from tempsamp.threads import choose_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)  # torch's default on a bigger machine than this process may use
+        assert choose_threads(0) == 4
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two trainers on this machine: two cores each
+        assert choose_threads(0) == 2
+        torch.set_num_threads(1)  # OMP_NUM_THREADS=1 (torchrun's default for its workers): kept
+        assert choose_threads(0) == 1
+        assert choose_threads(3) == 3  # threads=3: as asked
+    finally:
+        torch.set_num_threads(before)

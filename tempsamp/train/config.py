@@ -101,6 +101,10 @@ class TrainConfig:
     # how the model is spread over processes (tempsamp.train.parallel): ddp | fsdp | zero2 | zero3 | zero3_offload
     distributed: str = "ddp"
     seed: int = 0
+    # intra-op CPU threads per process (tempsamp/threads.py); 0: torch's (OMP_NUM_THREADS), at most the
+    # cores this process may use divided among the machine's processes. It changes speed, not what is
+    # computed (up to float summation order), so --resume may change it.
+    threads: int = 0
 
     # run
     output_dir: str = "runs/tempsamp"
@@ -248,6 +252,7 @@ RANGES = {
     "queries_per_step": (_ge(1), None, ">= 1"),
     "rows_per_forward": (_ge(0), None, ">= 0 (0: one group per forward)"),
     "seed": (_ge(0), _lt(2**32), "in [0, 2**32)"),
+    "threads": (_ge(0), None, ">= 0 (0: the cores available / processes on this machine)"),
     "save_every": (_ge(1), None, ">= 1 step"),
     "keep_last": (_ge(0), None, ">= 0 (0: keep every checkpoint)"),
     "log_every": (_ge(1), None, ">= 1 step"),

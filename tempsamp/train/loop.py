@@ -41,6 +41,7 @@ from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
 from tempsamp.train.rollout_engine import RolloutRequest
 from tempsamp.train.schedule import sample_seed, shard, step_queries
+from tempsamp.threads import set_threads
 from tempsamp.train.scoring import gt_clip_arrays, score_group
 
 
@@ -435,7 +436,7 @@ def peak_memory_gb() -> float:
 
 
 # Settings a resumed run may change: they decide what is written, not what is computed.
-RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every")
+RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "threads")
 
 
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
@@ -468,6 +469,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     from tempsamp.train.rollout_engine import make_engine
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
+    set_threads(cfg.threads)  # before any work: torch's default oversubscribes a shared machine
     parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available())
     gather_object = parallel.gather_object
     out = Path(cfg.output_dir)
@@ -506,9 +508,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     if ref_model is not None:
         ref_model = parallel.prepare_reference(ref_model)
     policy = parallel.policy
-    layout = gather_object(parallel.describe())
+    layout = gather_object({**parallel.describe(), "threads": torch.get_num_threads()})
     parallel.print(f"training on {layout[0]['world_size']} process(es), {cfg.distributed} ({layout[0]['engine']}, "
-                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']})")
+                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']}, "
+                   f"{layout[0]['threads']} CPU thread(s) per process)")
 
     counters, start = Counters(), 0
     checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
