@@ -7,8 +7,8 @@ the synthetic data, the start model and the frame cache are made first, untimed,
 run gets its own runs and eval folders, so nothing trained is reused). The threads each run used are
 read from its runs' layout.json.
 
-    python benchmarks/bench_contention.py                       # the project's defaults
-    python benchmarks/bench_contention.py --threads 2 --wait-policy active   # torch's defaults (before)
+    python benchmarks/bench_contention.py               # the demo's defaults (1 thread)
+    python benchmarks/bench_contention.py --threads 0   # torch's default: one thread per core
 
 Other load on the machine adds noise to both runs: read the load average printed beside the figures.
 """
@@ -42,7 +42,7 @@ def warm(work: Path) -> None:
             video.load(ex.video_path)
 
 
-def run_demo(shared: Path, folder: Path, env: dict) -> tuple[float, list]:
+def run_demo(shared: Path, folder: Path, env: dict, extra: list[str]) -> tuple[float, list]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for name in ("synth", "frames", "start-model"):
@@ -50,7 +50,7 @@ def run_demo(shared: Path, folder: Path, env: dict) -> tuple[float, list]:
             (folder / name).symlink_to((shared / name).resolve())
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "tempsamp", "demo", "--quick", "--out", str(folder / "out"),
-                           "--work-dir", str(folder)], env=env, capture_output=True, text=True)
+                           "--work-dir", str(folder), *extra], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"demo failed: {done.stderr[-3000:]}")
@@ -63,17 +63,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", default=".cache/bench-contention")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads for the demo (TEMPSAMP_THREADS; default: the project's choice)")
+                        help="tempsamp demo --threads N (0: one per core, torch's default; default: the demo's own, 1)")
     parser.add_argument("--wait-policy", choices=["active", "passive"], default=None,
                         help="OMP_WAIT_POLICY for the demo (default: the project's choice)")
     args = parser.parse_args(argv)
 
     shared = Path(args.work_dir)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    for key in ("OMP_NUM_THREADS", "TEMPSAMP_THREADS", "OMP_WAIT_POLICY"):
+    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
         env.pop(key, None)
-    if args.threads is not None:
-        env["TEMPSAMP_THREADS"] = str(args.threads)
+    extra = [] if args.threads is None else ["--threads", str(args.threads)]
     if args.wait_policy is not None:
         env["OMP_WAIT_POLICY"] = args.wait_policy.upper()
     t0 = time.perf_counter()
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
             competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         load = os.getloadavg()[0]
         try:
-            seconds, threads = run_demo(shared, shared / f"run-{label.split()[0]}", env)
+            seconds, threads = run_demo(shared, shared / f"run-{label.split()[0]}", env, extra)
         finally:
             if competitor is not None:
                 competitor.kill()
@@ -96,7 +95,8 @@ def main(argv=None) -> int:
         results[label] = seconds
         print(f"{label:24s} {seconds:7.1f} s   threads per run {threads}   load average at start {load:.1f}", flush=True)
     ratio = results["beside one competitor"] / results["alone"]
-    print(f"slowdown beside one competitor: {ratio:.2f}x (settings: threads={args.threads or 'project default'}, "
+    threads_setting = "the demo's default" if args.threads is None else args.threads
+    print(f"slowdown beside one competitor: {ratio:.2f}x (settings: --threads {threads_setting}, "
           f"wait policy={args.wait_policy or 'project default'})")
     return 0
 

@@ -215,6 +215,10 @@ def run_eval(args) -> int:
     results = evaluate(model, examples, args.out, args.mode, video=_video_settings(settings, args.frame_cache),
                        max_new_tokens=settings["max_new_tokens"], temperature=args.temperature,
                        batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite, say=_say)
+    failed = next(iter(results.values())).get("n_failed_videos", 0)
+    if failed == len(examples):  # a table of zeros would read as a result: it is a set-up error
+        raise UserError(f"none of the {len(examples)} videos could be read, so nothing was evaluated; check --videos "
+                        f"and the annotation file's video paths ({args.out}/report.md lists each failure)")
     for mode, metrics in results.items():
         print(f"== {ORACLE_LABEL if mode == 'mixed-oracle' else mode}")
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
