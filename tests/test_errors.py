@@ -205,7 +205,10 @@ def test_no_traceback_and_no_silent_result(files, tiny_small_vocab_model_dir, tm
     for result, (_, code, *needles) in zip(results, table):
         check(result, code, *needles)
     assert not (tmp_path / "e2").exists()  # refused before anything was written
-    assert "could not be read" in (tmp_path / "e3" / "report.md").read_text()  # the list is kept
+    report = (tmp_path / "e3" / "report.md").read_text()
+    assert "could not be read" in report  # the list is kept
+    assert 'The video is {duration} seconds long. Find the moment that matches the query: "{query}"' in report
+    assert "0.0 seconds" not in report
 
 
 @pytest.mark.slow
