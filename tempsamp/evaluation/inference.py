@@ -31,7 +31,7 @@ import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
 from tempsamp.errors import UserError
-from tempsamp.prompts import ANSWER, COT
+from tempsamp.prompts import ANSWER, COT, prompt_template
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
 
@@ -556,6 +556,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     """
     from tempsamp.errors import ensure_output_dir
 
+    check_unique_qids(examples)
     out_dir = ensure_output_dir(out_dir, "evaluation folder (--out)")
     for mode in modes:
         if mode not in MODES:
@@ -598,10 +599,27 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
              "system_prompt": video.preset.system_prompt or "(the chat template's default)",
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,
-             "prompt_answer": video.preset.prompt("{query}", ANSWER, duration=0.0, task=task),
-             "prompt_cot": video.preset.prompt("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
+             "prompt_answer": prompt_template(ANSWER, task, template=video.preset.template(ANSWER, task)),
+             "prompt_cot": prompt_template(COT, task, template=video.preset.template(COT, task)),
+             "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))
+    failed = [r["error"] for r in records if r.get("error")]
+    if failed:  # `tempsamp eval` refuses the case where none could be read (run_cli.run_eval)
+        say(f"warning: {len(failed)} of {len(examples)} videos could not be read and score as misses (IoU 0); "
+            f"the first: {failed[0]}; {out_dir / 'report.md'} lists them")
     return results
+
+
+def check_unique_qids(examples: list[Example]) -> None:
+    """Refuse two queries with one qid: their predictions would share a line that `score` refuses."""
+    from tempsamp.errors import UserError
+
+    first: dict[str, Example] = {}
+    for ex in examples:
+        if ex.qid in first:
+            raise UserError(f"{ex.source or 'annotations'}: qid {ex.qid!r} is used twice (first at "
+                            f"{first[ex.qid].source or 'an earlier line'}); every query needs its own qid")
+        first[ex.qid] = ex
 
 
 def write_queries(path: Path, examples: list[Example]) -> None:

@@ -117,6 +117,10 @@ class TrainConfig:
     # run ends with one line naming the step and the processes (tempsamp.train.parallel, "watchdog")
     collective_timeout_s: float = 1800.0
     seed: int = 0
+    # intra-op CPU threads per process (tempsamp/threads.py); 0: torch's (OMP_NUM_THREADS), at most the
+    # cores this process may use divided among the machine's processes. It changes speed, not what is
+    # computed (up to float summation order), so --resume may change it.
+    threads: int = 0
 
     # run
     output_dir: str = "runs/tempsamp"
@@ -148,6 +152,7 @@ class TrainConfig:
         return self.stages[-1]
 
     def validate(self) -> TrainConfig:
+        self._check_ranges()
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.num_generations < 2:
@@ -195,9 +200,10 @@ class TrainConfig:
                 "Set offpolicy_loss=luffy (no clipping for the GT row) or updates_per_rollout=1")
         if not 0 < self.collective_timeout_s < float("inf"):
             raise ValueError(f"collective_timeout_s: {self.collective_timeout_s!r} must be a finite number of seconds > 0")
-        for key in ("max_unreadable_fraction", "max_skipped_fraction"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"max_pixels: {self.max_pixels} is below min_pixels ({self.min_pixels})")
+        if self.total_pixels < self.min_pixels:
+            raise ValueError(f"total_pixels: {self.total_pixels} is below min_pixels ({self.min_pixels}): not one frame fits")
         return self
 
     def _apply_input_preset(self) -> None:
@@ -212,8 +218,92 @@ class TrainConfig:
                                  f"fixes it to {value!r}; drop the key or use input_preset=tempsamp")
             setattr(self, key, value)
 
+    def _check_ranges(self) -> None:
+        """Every numeric setting against its range (RANGES): a value outside it is one line naming the key."""
+        import math
+
+        for key, (low, high, what) in RANGES.items():
+            value = getattr(self, key)
+            if value is None and key in OPTIONAL_NUMBERS:
+                continue
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            if not bad:
+                bad = not (low(value) if callable(low) else True) or not (high(value) if callable(high) else True)
+            if bad:
+                raise ValueError(f"{key}: {value!r} is out of range: must be {what}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _ge(bound):
+    return lambda v: v >= bound
+
+
+def _gt(bound):
+    return lambda v: v > bound
+
+
+def _le(bound):
+    return lambda v: v <= bound
+
+
+def _lt(bound):
+    return lambda v: v < bound
+
+
+# The range of every numeric TrainConfig key: (lower test, upper test, the range in words).
+# tests/test_config.py checks that every int and float field is listed here.
+RANGES = {
+    "lora_r": (_ge(1), None, ">= 1"),
+    "lora_alpha": (_gt(0), None, "> 0"),
+    "lora_dropout": (_ge(0), _lt(1), "in [0, 1)"),
+    "few_shot_fraction": (_gt(0), _le(1), "a fraction in (0, 1] of the training queries"),
+    "fps": (_gt(0), None, "> 0 frames per second"),
+    "max_frames": (_ge(1), None, ">= 1"),
+    "min_pixels": (_ge(1), None, ">= 1"),
+    "max_pixels": (_ge(1), None, ">= 1"),
+    "total_pixels": (_ge(1), None, ">= 1"),
+    "num_generations": (_ge(2), None, ">= 2 (a group needs at least 2 completions)"),
+    "temperature": (_gt(0), None, "> 0 (training samples; 0 would make every completion of a group the same)"),
+    "top_p": (_gt(0), _le(1), "in (0, 1]"),
+    "max_new_tokens": (_ge(1), None, ">= 1"),
+    "vllm_gpu_memory_utilization": (_gt(0), _le(1), "a fraction in (0, 1] of each GPU's memory"),
+    "vllm_max_model_len": (_ge(1), None, ">= 1"),
+    "lambda_off": (_ge(0), None, ">= 0"),
+    "offpolicy_scale": (_ge(0), None, ">= 0"),
+    "tau": (_ge(0), _le(1), "an IoU threshold in [0, 1]"),
+    "alpha1": (_ge(0), None, ">= 0"),
+    "alpha2": (_ge(0), None, ">= 0"),
+    "adv_eps": (_gt(0), None, "> 0"),
+    "beta": (_ge(0), None, ">= 0 (0: no KL term)"),
+    "clip_eps": (_gt(0), _lt(1), "in (0, 1)"),
+    "clip_eps_high": (_gt(0), None, "> 0, or null for clip_eps"),
+    "updates_per_rollout": (_ge(1), None, ">= 1"),
+    "luffy_gamma": (_ge(0), None, ">= 0"),
+    "format_weight": (_ge(0), None, ">= 0"),
+    "lambda_rec": (_ge(0), None, ">= 0"),
+    "lambda_score": (_ge(0), None, ">= 0"),
+    "learning_rate": (_ge(0), None, ">= 0"),
+    "weight_decay": (_ge(0), None, ">= 0"),
+    "warmup_steps": (_ge(0), None, ">= 0"),
+    "max_grad_norm": (_ge(0), None, ">= 0 (0: no clipping)"),
+    "queries_per_step": (_ge(1), None, ">= 1"),
+    "rows_per_forward": (_ge(0), None, ">= 0 (0: one group per forward)"),
+    "seed": (_ge(0), _lt(2**32), "in [0, 2**32)"),
+    "threads": (_ge(0), None, ">= 0 (0: the cores available / processes on this machine)"),
+    "save_every": (_ge(1), None, ">= 1 step"),
+    "keep_last": (_ge(0), None, ">= 0 (0: keep every checkpoint)"),
+    "log_every": (_ge(1), None, ">= 1 step"),
+    "spike_factor": (_gt(0), None, "> 0"),
+    "preflight_videos": (_ge(0), None, ">= 0 (0: no check)"),
+    "max_unreadable_fraction": (_ge(0), _le(1), "a fraction in [0, 1]"),
+    "max_skipped_fraction": (_ge(0), _le(1), "a fraction in [0, 1]"),
+    "collective_timeout_s": (_gt(0), None, "> 0 seconds"),
+    "vllm_sleep_level": (_ge(0), _le(2), "0 (off), 1 or 2"),
+    "tis_cap": (_gt(0), None, "> 0, or null (off)"),
+}
+OPTIONAL_NUMBERS = ("clip_eps_high", "tis_cap")
 
 
 class ConfigError(UserError):

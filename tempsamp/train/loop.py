@@ -43,7 +43,7 @@ from tempsamp.models import qwen_vl
 from tempsamp.presets import get_preset
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
 from tempsamp.errors import RunStopped, UserError
-from tempsamp.train import guards
+from tempsamp.train import guards, runlock
 from tempsamp.train.checkpoint import (
     begin_checkpoint, checkpoints, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights,
     save_rng,
@@ -52,6 +52,7 @@ from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
 from tempsamp.train.rollout_engine import RolloutRequest
 from tempsamp.train.schedule import sample_seed, shard, step_queries
+from tempsamp.threads import set_threads
 from tempsamp.train.scoring import gt_clip_arrays, score_group
 
 
@@ -126,6 +127,9 @@ def resolve_model_path(name: str) -> str:
 
     if name in NAMED_SPECS:  # "tiny", or "tiny-vllm" (head size 32, for vLLM's CPU attention)
         return str(ensure_tiny_model(spec=NAMED_SPECS[name]))
+    from tempsamp.evaluation.run_cli import check_model_folder
+
+    check_model_folder(name, "model=")
     return name
 
 
@@ -529,8 +533,9 @@ def peak_memory_gb() -> float:
 # ---------------------------------------------------------------- the recipe
 
 
-# Settings a resumed run may change: they decide what is written (or how long a collective may wait), not what is computed.
-RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "collective_timeout_s")
+# Settings a resumed run may change: they decide what is written (or how long a collective may wait, or
+# how many threads compute), not what is computed.
+RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "collective_timeout_s", "threads")
 
 
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
@@ -587,6 +592,7 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
     from tempsamp.train.rollout_engine import make_engine
     from tempsamp.video.cache import VideoDecodeError, sample_frames
 
+    set_threads(cfg.threads)  # before any work: torch's default oversubscribes a shared machine
     parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available(), timeout_s=cfg.collective_timeout_s)
     gather_object = parallel.gather_object
     out = Path(cfg.output_dir)
@@ -599,6 +605,7 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         from tempsamp.errors import ensure_output_dir
 
         ensure_output_dir(out, "output_dir")
+        runlock.acquire(out, parallel.print)  # one run per output_dir (the CLI holds it already)
     model_path = resolve_model_path(cfg.model)
     # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
     # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
@@ -621,9 +628,10 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
     if ref_model is not None:
         ref_model = parallel.prepare_reference(ref_model)
     policy = parallel.policy
-    layout = gather_object(parallel.describe())
+    layout = gather_object({**parallel.describe(), "threads": torch.get_num_threads()})
     parallel.print(f"training on {layout[0]['world_size']} process(es), {cfg.distributed} ({layout[0]['engine']}, "
-                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']})")
+                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']}, "
+                   f"{layout[0]['threads']} CPU thread(s) per process)")
 
     counters, start = Counters(), 0
     checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
@@ -833,6 +841,8 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
     parallel.barrier()
     engine.close()  # vLLM: before the process group goes (its shutdown destroys every group)
     parallel.close()
+    if parallel.is_main:
+        runlock.release(out)
     last = latest_checkpoint(out)
     done = int(last.name.split("-")[1]) if last else start
     line = guards.summary(counters, done, cfg.total_steps, last)

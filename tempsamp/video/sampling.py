@@ -570,6 +570,8 @@ def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, ma
     if frame_sampling not in FRAME_SAMPLINGS:
         raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {frame_sampling!r}")
     path = os.fspath(path)
+    if Path(path).is_dir():  # an unreadable video wherever videos are read (counted, reported), not "not found"
+        raise VideoDecodeError(f"{path}: is a folder, not a video file")
     if not Path(path).is_file():
         raise FileNotFoundError(errno.ENOENT, "video not found", path)
     backend = resolve_backend(backend, path)
