@@ -39,6 +39,24 @@ class TrainConfig:
     durations: str | None = None
     few_shot_fraction: float = 1.0
     lenient_annotations: bool = False
+    # data curation (tempsamp.data.selection; docs/decisions.md, "Data curation"). Offline selection
+    # from a `tempsamp data difficulty` file: all | stratified (select_n spread evenly over
+    # select_bins bins of mean IoU) | gaussian (select_n drawn around mean IoU select_mu, width select_sigma)
+    difficulty_file: str | None = None
+    select: str = "all"
+    select_n: int = 0
+    select_bins: int = 10
+    select_mu: float = 0.5
+    select_sigma: float = 0.15
+    # online filtering (Time-R1): a query solved (mean on-policy IoU >= online_filter_iou) in each of its
+    # last online_filter_k visits is skipped the next online_filter_skip times the data order reaches it; 0: off
+    online_filter_k: int = 0
+    online_filter_iou: float = 0.7
+    online_filter_skip: int = 1
+    # dynamic sampling (DAPO): a group whose on-policy rewards all tie is dropped and refilled from the
+    # next queries, at most dynamic_sampling_max_rounds refill rounds per step (the GT row is not read)
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = 3
 
     # video: 2 FPS as in the paper; pixel budget in Qwen-VL's terms (pixels per frame and per clip)
     fps: float = 2.0
@@ -168,6 +186,20 @@ class TrainConfig:
                 f"updates_per_rollout={self.updates_per_rollout} with strategy {self.strategy!r}: the GT row was never "
                 "sampled, so clipping its ratio to the pre-update policy stops a low-probability GT token from learning. "
                 "Set offpolicy_loss=luffy (no clipping for the GT row) or updates_per_rollout=1")
+        from tempsamp.data.selection import METHODS as SELECT
+
+        if self.select not in SELECT:
+            raise ValueError(f"select: {self.select!r} is not one of {', '.join(SELECT)}")
+        if self.select != "all" and (not self.difficulty_file or self.select_n < 1):
+            raise ValueError(f"select={self.select} needs difficulty_file (made by `tempsamp data difficulty`) "
+                             f"and select_n >= 1 (got difficulty_file={self.difficulty_file!r}, select_n={self.select_n})")
+        if self.select_bins < 1 or self.select_sigma <= 0:
+            raise ValueError(f"select_bins ({self.select_bins}) must be >= 1 and select_sigma ({self.select_sigma}) > 0")
+        if self.online_filter_k < 0 or self.online_filter_skip < 1:
+            raise ValueError(f"online_filter_k ({self.online_filter_k}) must be >= 0 (0: off) and online_filter_skip "
+                             f"({self.online_filter_skip}) >= 1")
+        if self.dynamic_sampling_max_rounds < 0:
+            raise ValueError(f"dynamic_sampling_max_rounds: {self.dynamic_sampling_max_rounds} must be >= 0")
         for key in ("max_unreadable_fraction", "max_skipped_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")
