@@ -219,3 +219,32 @@ def test_dynamic_sampling_keeps_groups_with_signal(demo_data, tmp_path):
         assert m["groups"] == len(line["trained"])
     # under plain GRPO a kept group (not tied) has a non-zero advantage somewhere
     assert all(m["adv/frac_onpolicy_negative"] > 0 for m, line in zip(metrics, log) if len(line["trained"]) == 2)
+
+
+def test_dynamic_sampling_on_two_processes_takes_the_same_queries_as_one(demo_data, tmp_path):
+    # refills are decided on gathered tie flags and every query is seeded by (seed, step, slot), so
+    # two gloo processes drop, refill and train on exactly what one process does. Half the queries
+    # ask for a span after the video's end: every sample scores 0 there, a tie, always dropped.
+    rows = lines(demo_data / "train.jsonl")
+    late = [dict(r, qid=r["qid"] + "-late", spans=[[40.0, 45.0]]) for r in rows]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + late))
+    (tmp_path / "videos").symlink_to(demo_data / "videos")
+    extra = {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 6, "strategy": "grpo", "num_generations": 3,
+             "stages": [{"mode": "answer", "steps": 2}], "max_new_tokens": 16,
+             "train_annotations": str(tmp_path / "mixed.jsonl")}
+    one, two = tmp_path / "one", tmp_path / "two"
+    tempsamp(*train_args(demo_data, one, **extra))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "tempsamp", *train_args(demo_data, two, **extra), "--num-processes", "2"],
+                          env=dict(env, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((two / "layout.json").read_text())[0]["world_size"] == 2
+    assert lines(two / "queries.jsonl") == lines(one / "queries.jsonl")
+    log = lines(one / "queries.jsonl")
+    dropped = [q for line in log for q in line["dropped_tied"]]
+    assert dropped and all(q.endswith("-late") for q in dropped)  # refills happened, for the unreachable ones
+    assert all(len(line["trained"]) == 2 for line in log)
+    metrics = [[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+    for key in ("dynamic/dropped_groups", "dynamic/refill_rounds", "groups", "tokens/generated"):
+        assert [m[key] for m in metrics[0]] == [m[key] for m in metrics[1]], key

@@ -113,6 +113,21 @@ def load_training_examples(cfg: TrainConfig, say=print):
     return examples
 
 
+def refill_owners(ties: list[list], kept: list[int], new_slots: list[int]) -> dict[int, int]:
+    """Which process samples each refill slot: the one holding the fewest kept groups (lowest rank on
+    a tie), so the refills go where the dropped groups were and, unless the refill cap is reached,
+    every process ends with a kept group: the queries trained on do not depend on the layout.
+    ``ties``: per process, its (slot, tied) pairs (gathered, the same on every process)."""
+    keep = set(kept)
+    load = [sum(1 for slot, _ in rank_ties if slot in keep) for rank_ties in ties]
+    owners = {}
+    for slot in new_slots:
+        rank = min(range(len(load)), key=lambda r: (load[r], r))
+        owners[slot] = rank
+        load[rank] += 1
+    return owners
+
+
 def onpolicy_tied(cfg, group: Group, cot: bool) -> bool:
     """Dynamic sampling's test: do the group's on-policy rewards (task + format, as the advantages see
     them) all tie? The GT row is not read: a group of identical samples is dropped whatever the GT
@@ -619,11 +634,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         model.eval()
         events = []
 
-        def sample_slots(slots):
-            """This process's share of ``slots`` ((slot, index) pairs): (groups, their slots, data s, rollout s)."""
+        def sample_slots(mine):
+            """This process's (slot, index) pairs sampled: (groups, their slots, data s, rollout s)."""
             t_start = time.perf_counter()
             requests, chosen, chosen_slots = [], [], []
-            for slot, index in shard(slots, parallel.rank, parallel.world):  # data: frames and prompts
+            for slot, index in mine:  # data: frames and prompts
                 try:
                     requests.append(prepare_query(cfg, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
                     chosen.append(examples[index])
@@ -638,7 +653,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
                 made = rollout_step(cfg, engine, processor, chosen, requests, stage["mode"]) if requests else []
             return made, chosen_slots, t_prepared - t_start, time.perf_counter() - t_prepared
 
-        groups, group_slots, t_data, t_rollout = sample_slots(list(slot_index.items()))
+        groups, group_slots, t_data, t_rollout = sample_slots(shard(list(slot_index.items()), parallel.rank, parallel.world))
         dynamic = {"dropped": [], "rounds": 0, "dropped_tokens": 0}
         if cfg.dynamic_sampling:
             # Decided on every process's gathered tie flags, so all take the same refills in step.
@@ -653,7 +668,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
                 first = max(slot_index) + 1
                 new = {first + i: index for i, index in enumerate(more)}
                 slot_index.update(new)
-                more_groups, more_slots, dt, rt = sample_slots(list(new.items()))
+                owners = refill_owners(ties, kept, list(new))
+                more_groups, more_slots, dt, rt = sample_slots([(k, v) for k, v in new.items() if owners[k] == parallel.rank])
                 groups, group_slots = groups + more_groups, group_slots + more_slots
                 t_data, t_rollout = t_data + dt, t_rollout + rt
                 dynamic["rounds"] += 1
