@@ -248,3 +248,42 @@ def test_dynamic_sampling_on_two_processes_takes_the_same_queries_as_one(demo_da
     metrics = [[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
     for key in ("dynamic/dropped_groups", "dynamic/refill_rounds", "groups", "tokens/generated"):
         assert [m[key] for m in metrics[0]] == [m[key] for m in metrics[1]], key
+
+
+# ---------------------------------------------------------------- TimeLens data
+
+
+def test_timelens_formats_read_and_check(tmp_path):
+    """Small files in TimeLens' layouts (TencentARC/TimeLens: timelens/dataset/timelens_data.py)."""
+    from tempsamp.data.readers import load_examples
+
+    train = tmp_path / "timelens-100k.jsonl"
+    rows = [
+        {"source": "cosmo_cap", "video_path": "cosmo_cap/a.mp4", "duration": 30.0,
+         "events": [{"query": "A man  opens the door.", "span": [1.0, 4.5]},
+                    {"query": "he sits down", "span": [[10.0, 12.0], [20.0, 22.0]]}]},
+        {"source": "didemo", "video_path": "didemo/a.mp4", "duration": 25.0,
+         "events": [{"query": "a dog runs", "span": [3.0, 31.0]}]},  # an end past the duration: kept, counted
+    ]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"video_path": "x.mp4", "duration": 5, "events": []}\n')
+    bench = tmp_path / "charades-timelens.json"
+    bench.write_text(json.dumps({"AO8RW": {"duration": 31.5, "spans": [[0.0, 6.9], [7.1, 12.0]],
+                                           "queries": ["a person is putting a book on a shelf.", "person  opens a door"]},
+                                 "Y6R7T": {"duration": 20.0, "spans": [[2.0, 5.0]], "queries": ["someone laughs"]}}, indent=1))
+
+    found = load_examples(train, lenient=True)  # detected as timelens; the empty-events row is skipped
+    assert [e.qid for e in found] == ["cosmo_cap/a#0", "cosmo_cap/a#1", "didemo/a#0"]
+    assert found[0].query == "A man opens the door" and found[0].video_path == str(tmp_path / "cosmo_cap/a.mp4")
+    assert found[1].spans == ((10.0, 12.0), (20.0, 22.0)) and found[2].extra["source"] == "didemo"
+    strict = tempsamp("data", "check", "--annotations", train, check=False)
+    assert strict.returncode == 1 and "events" in strict.stdout + strict.stderr
+
+    report = json.loads(tempsamp("data", "check", "--annotations", train, "--json", "--lenient").stdout)
+    assert (report["queries"], report["videos"], report["spans"]) == (3, 2, 4)
+    assert report["ends_past_duration"]["count"] == 1 and report["malformed"]["count"] == 1
+
+    report = json.loads(tempsamp("data", "check", "--annotations", bench, "--json").stdout)
+    assert (report["queries"], report["videos"], report["malformed"]["count"]) == (3, 2, 0)
+    queries = load_examples(bench, videos=tmp_path / "videos")
+    assert [q.query for q in queries] == ["a person is putting a book on a shelf", "person opens a door", "someone laughs"]
+    assert queries[0].qid == "AO8RW#0" and queries[0].video_path == str(tmp_path / "videos" / "AO8RW.mp4")
