@@ -287,3 +287,47 @@ def test_timelens_formats_read_and_check(tmp_path):
     queries = load_examples(bench, videos=tmp_path / "videos")
     assert [q.query for q in queries] == ["a person is putting a book on a shelf", "person opens a door", "someone laughs"]
     assert queries[0].qid == "AO8RW#0" and queries[0].video_path == str(tmp_path / "videos" / "AO8RW.mp4")
+
+
+# ---------------------------------------------------------------- Qwen3.5
+
+
+def test_tiny_qwen35_trains_and_evaluates_with_the_video(demo_data, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from tempsamp.models import qwen_vl
+    from tempsamp.models.tiny import QWEN35_SPEC, ensure_tiny_model
+    from tempsamp.video.cache import sample_frames
+
+    model_dir = ensure_tiny_model(spec=QWEN35_SPEC)
+    model, processor = qwen_vl.load_policy(str(model_dir))
+    assert type(model).__name__ == "Qwen3_5ForConditionalGeneration" and qwen_vl.family_of(model).model_type == "qwen3_5"
+    assert model.config.text_config.layer_types == ["linear_attention", "full_attention"]  # the hybrid stack
+    # the video reaches the model: Qwen3-VL-style timestamps in the prompt, and other frames change the log-probs
+    video = sample_frames(str(demo_data / "videos" / "synth00000.mp4"), fps=2.0, max_frames=64, min_pixels=3136,
+                          max_pixels=3136, total_pixels=401408)
+    prompt = qwen_vl.build_prompt(processor, "when?", video.frames, video.fps)
+    assert "seconds>" in processor.batch_decode(prompt["input_ids"])[0] and "pixel_values_videos" in prompt
+    ids = qwen_vl.completion_ids(processor, "<answer> 1.0 to 2.0 </answer>")
+    with torch.no_grad():
+        a = qwen_vl.completion_logprobs(model, qwen_vl.group_batch(prompt, [ids], qwen_vl.pad_token_id(processor)))
+        dark = qwen_vl.build_prompt(processor, "when?", video.frames * 0, video.fps)
+        b = qwen_vl.completion_logprobs(model, qwen_vl.group_batch(dark, [ids], qwen_vl.pad_token_id(processor)))
+    assert not torch.allclose(a, b)
+
+    out = tmp_path / "run"
+    tempsamp(*train_args(demo_data, out, model="tiny-qwen3.5", max_new_tokens=8, num_generations=3,
+                         stages=[{"mode": "answer", "steps": 1}, {"mode": "cot", "steps": 1}], learning_rate=1e-2))
+    assert json.loads((out / "final-model" / "config.json").read_text())["model_type"] == "qwen3_5"
+    before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(out / "final-model" / "model.safetensors"))
+    changed = [k for k in before if "visual" not in k and not torch.equal(before[k], after[k])]
+    assert any("linear_attn" in k for k in changed) and any("self_attn" in k for k in changed)  # both kinds trained
+    assert all(torch.equal(before[k], after[k]) for k in before if "visual" in k)  # the frozen vision tower
+
+    ev = tempsamp("eval", "--model", out, "--annotations", demo_data / "test.jsonl", "--out", tmp_path / "eval",
+                  "--limit", 2, "--max-new-tokens", 8)
+    assert "checkpoint-2" in ev.stderr
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "n_queries: `2`" in report or "- n_queries: `2`" in report
+    assert len(lines(tmp_path / "eval" / "predictions_answer.jsonl")) == 2
