@@ -331,3 +331,20 @@ def test_tiny_qwen35_trains_and_evaluates_with_the_video(demo_data, tmp_path):
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "n_queries: `2`" in report or "- n_queries: `2`" in report
     assert len(lines(tmp_path / "eval" / "predictions_answer.jsonl")) == 2
+
+
+def test_timelens_recipe_and_prompt():
+    from tempsamp.prompts import build_offpolicy_completion, prompt_text
+    from tempsamp.spans import parse_span
+    from tempsamp.train.config import load_config
+
+    cfg = load_config("timelens_qwen35_tempsamp")
+    assert (cfg.model, cfg.dataset, cfg.select, cfg.select_n, cfg.num_generations, cfg.strategy) == (
+        "Qwen/Qwen3.5-4B", "timelens", "stratified", 2000, 8, "shaping")
+    assert {s["mode"] for s in cfg.stages} == {"timelens"}
+    text = prompt_text("a man opens the door", "timelens", duration=30.0)
+    assert "sentence 'a man opens the door'" in text and "The event happens in <start time> - <end time> seconds" in text
+    gt = build_offpolicy_completion((12.5, 17.8), "timelens")
+    assert gt == "The event happens in 12.5 - 17.8 seconds." and parse_span(gt) == (12.5, 17.8)
+    with pytest.raises(ValueError, match="no highlights prompt"):
+        prompt_text("q", "timelens", duration=3.0, task="highlights")

@@ -45,7 +45,8 @@ def _register_difficulty(sub) -> None:
     p.add_argument("--durations", default=None, help="Charades-STA: the CSV with video lengths")
     p.add_argument("--videos", default=None, help="folder of videos")
     p.add_argument("--samples", type=positive_int, default=8, help="answers sampled per query (default 8)")
-    p.add_argument("--mode", choices=["answer", "cot"], default="answer", help="prompt mode (default answer)")
+    p.add_argument("--mode", choices=["answer", "cot", "timelens"], default="answer",
+                   help="prompt mode, as in training (default answer; timelens: TimeLens' prompt)")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: the trained run's, else 1.0, the training temperature)")
     p.add_argument("--top-p", type=float, default=1.0)

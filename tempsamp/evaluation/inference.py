@@ -34,7 +34,7 @@ from tempsamp.prompts import ANSWER, COT, prompt_text
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
 
-MODES = ("answer", "cot", "mixed", "mixed-oracle")
+MODES = ("answer", "cot", "mixed", "mixed-oracle", "timelens")
 ENGINES = ("transformers", "vllm")
 ORACLE_LABEL = "mixed-oracle (UPPER BOUND: chooses with the ground truth)"
 
@@ -203,7 +203,7 @@ def prediction_for(record: dict, mode: str, gt_span=None) -> dict | None:
     """The per-mode prediction of one stored generation record (None when the video failed)."""
     if record.get("error"):
         return None
-    if mode in (ANSWER, COT):
+    if not mode.startswith("mixed"):  # answer, cot, timelens (TimeLens' prompt)
         return record[mode]
     pick = choose_mixed(record[ANSWER], record[COT]) if mode == "mixed" else choose_oracle(record[ANSWER], record[COT], gt_span)
     return dict(record[pick], chosen=pick)
