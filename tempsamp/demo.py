@@ -358,4 +358,17 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo-out", help="report folder")
     p.add_argument("--quick", action="store_true", help="a first look in about 3 minutes (1 seed, few steps)")
     p.add_argument("--work-dir", default=".cache/demo", help="data, models and runs (reused when present)")
-    p.set_defaults(func=lambda args: run_demo(args.out, args.quick, args.work_dir) and 0)
+    p.add_argument("--compare-curation", action="store_true",
+                   help="instead: GRPO, GRPO + dynamic sampling, GRPO on a difficulty-selected subset, TempSamp and "
+                        "TempSamp + selection at equal generation cost, 3 seeds (tempsamp/curation_demo.py)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.compare_curation:
+        from tempsamp.curation_demo import run_curation_demo
+
+        run_curation_demo(args.out if args.out != "demo-out" else "demo-curation-out", args.work_dir)
+        return 0
+    run_demo(args.out, args.quick, args.work_dir)
+    return 0

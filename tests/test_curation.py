@@ -348,3 +348,17 @@ def test_timelens_recipe_and_prompt():
     assert gt == "The event happens in 12.5 - 17.8 seconds." and parse_span(gt) == (12.5, 17.8)
     with pytest.raises(ValueError, match="no highlights prompt"):
         prompt_text("q", "timelens", duration=3.0, task="highlights")
+
+
+def test_generation_budget_ends_the_run_and_a_resume_keeps_it_ended(tiny_model_dir, demo_data, tmp_path):
+    # 2 queries x 2 samples x 8 tokens (the random model never stops early) = 32 tokens a step
+    out = tmp_path / "budget"
+    args = train_args(demo_data, out, model=tiny_model_dir, max_new_tokens=8, num_generations=3, max_generated_tokens=40,
+                      stages=[{"mode": "answer", "steps": 10}])
+    done = tempsamp(*args)
+    assert "generation budget spent after 2 steps: 64 tokens" in done.stdout + done.stderr
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2"] and (out / "final-model").is_dir()
+    assert json.loads((out / "checkpoint-2" / "state.json").read_text())["counters"]["generated_tokens"] == 64
+    tempsamp(*args, "--resume")
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2"]
+    assert len(lines(out / "queries.jsonl")) == 2

@@ -57,6 +57,9 @@ class TrainConfig:
     # next queries, at most dynamic_sampling_max_rounds refill rounds per step (the GT row is not read)
     dynamic_sampling: bool = False
     dynamic_sampling_max_rounds: int = 3
+    # a generation budget: the run ends (checkpoint, final model) once its sampled completions hold this
+    # many tokens, dropped groups included; 0: no budget. Equal-cost comparisons set it, and stages long enough.
+    max_generated_tokens: int = 0
 
     # video: 2 FPS as in the paper; pixel budget in Qwen-VL's terms (pixels per frame and per clip)
     fps: float = 2.0
@@ -198,6 +201,8 @@ class TrainConfig:
         if self.online_filter_k < 0 or self.online_filter_skip < 1:
             raise ValueError(f"online_filter_k ({self.online_filter_k}) must be >= 0 (0: off) and online_filter_skip "
                              f"({self.online_filter_skip}) >= 1")
+        if self.max_generated_tokens < 0:
+            raise ValueError(f"max_generated_tokens: {self.max_generated_tokens} must be >= 0 (0: no budget)")
         if self.dynamic_sampling_max_rounds < 0:
             raise ValueError(f"dynamic_sampling_max_rounds: {self.dynamic_sampling_max_rounds} must be >= 0")
         for key in ("max_unreadable_fraction", "max_skipped_fraction"):

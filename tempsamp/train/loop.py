@@ -74,6 +74,7 @@ class Counters:
     skipped_steps: int = 0
     skipped_no_video: int = 0  # the two causes of skipped_steps
     skipped_non_finite: int = 0
+    generated_tokens: int = 0  # sampled completion tokens so far, dropped groups included (max_generated_tokens)
     loss_spikes: int = 0
     losses: list = field(default_factory=list)  # recent losses, for spike detection
 
@@ -611,6 +612,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         parallel.barrier()
 
     end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+    if budget_spent(cfg, counters):  # a finished budget run, resumed: nothing left to do
+        end = start
 
     def end_of_step(done: int, force: bool = False) -> None:
         """Checkpoint every save_every steps, at the end and at --max-steps (skipped steps included), and
@@ -746,6 +749,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         scalars["tokens/generated"] = sum(g["generated_tokens"] for r in reports for g in r["groups"]) + sum(
             r["dynamic"]["dropped_tokens"] for r in reports)
         scalars["data/skipped_by_filter"] = float(len(skipped))
+        counters.generated_tokens += int(scalars["tokens/generated"])
         if cfg.dynamic_sampling:
             scalars["dynamic/dropped_groups"] = float(sum(len(r["dynamic"]["dropped"]) for r in reports))
             scalars["dynamic/refill_rounds"] = float(reports[0]["dynamic"]["rounds"])
@@ -771,10 +775,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
         stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+        spent = budget_spent(cfg, counters)
         t_checkpoint = time.perf_counter()
-        end_of_step(step + 1, force=stopping is not None)
+        end_of_step(step + 1, force=stopping is not None or spent)
         checkpoint_seconds = time.perf_counter() - t_checkpoint
         if stopping:
+            break
+        if spent:
+            parallel.print(f"generation budget spent after {step + 1} steps: {counters.generated_tokens} tokens "
+                           f"generated (max_generated_tokens={cfg.max_generated_tokens})")
             break
 
     stop.restore()
@@ -796,6 +805,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         raise RunStopped(f"{line}; continue with --resume", exit_code=stop.exit_code if stop.signal else 1)
     parallel.print(line)
     return out
+
+
+def budget_spent(cfg: TrainConfig, counters: Counters) -> bool:
+    return bool(cfg.max_generated_tokens) and counters.generated_tokens >= cfg.max_generated_tokens
 
 
 QUERY_LOG = "queries.jsonl"
