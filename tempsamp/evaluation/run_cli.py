@@ -16,7 +16,7 @@ DEFAULTS = {"input_preset": "tempsamp", "fps": 2.0, "frame_sampling": "exact", "
             "min_pixels": 16 * 28 * 28, "max_pixels": 256 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
 
 
-def _video_args(p) -> None:
+def _video_args(p, temperature: bool = True) -> None:
     d = DEFAULTS
     from tempsamp.presets import PRESETS
 
@@ -39,7 +39,8 @@ def _video_args(p) -> None:
     p.add_argument("--frame-cache", default=None, help="folder for the on-disk frame cache")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help=f"default: the trained run's, else {d['max_new_tokens']}")
-    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
+    if temperature:
+        p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
 
 
 def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
