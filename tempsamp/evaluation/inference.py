@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,36 +32,11 @@ from tempsamp.errors import UserError
 from tempsamp.prompts import ANSWER, COT
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
+from tempsamp.video.settings import VideoSettings
 
 MODES = ("answer", "cot", "mixed", "mixed-oracle")
 ENGINES = ("transformers", "vllm")
 ORACLE_LABEL = "mixed-oracle (UPPER BOUND: chooses with the ground truth)"
-
-
-@dataclass
-class VideoSettings:
-    fps: float = 2.0
-    max_frames: int = 256
-    min_pixels: int = 16 * 28 * 28
-    max_pixels: int = 256 * 28 * 28
-    total_pixels: int = 3584 * 28 * 28
-    cache_dir: str | None = None
-    frame_sampling: str = "exact"  # exact (frames at k / fps s) | qwen (qwen-vl-utils' count, indices, sizes)
-    resize: str = "area"  # area (swscale) | bicubic (qwen-vl-utils' torchvision filter)
-    input_preset: str = "tempsamp"  # prompt wording and chat layout (tempsamp.presets); its video keys are above
-
-    @property
-    def preset(self):
-        from tempsamp.presets import get_preset
-
-        return get_preset(self.input_preset)
-
-    def load(self, path):
-        from tempsamp.video.cache import sample_frames
-
-        return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
-                             max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir,
-                             frame_sampling=self.frame_sampling, resize=self.resize)
 
 
 def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
@@ -321,12 +295,7 @@ def model_digest(model_path: str, cache_dir: Path | None = None) -> str:
 def run_settings(model_path: str, digest: str, video: VideoSettings, max_new_tokens: int, temperature: float,
                  engine: str) -> dict:
     """Everything of a run that changes its answers (eval.json); the frame cache and batch size do not."""
-    return {"model": digest, "model_path": str(model_path), "fps": float(video.fps), "max_frames": int(video.max_frames),
-            "min_pixels": int(video.min_pixels), "max_pixels": int(video.max_pixels),
-            "total_pixels": int(video.total_pixels), "frame_sampling": video.frame_sampling,
-            **({"resize": video.resize} if video.resize != "area" else {}),
-            **({"input_preset": video.input_preset} if video.input_preset != "tempsamp" else {}),
-            "max_new_tokens": int(max_new_tokens),
+    return {"model": digest, "model_path": str(model_path), **video.record(), "max_new_tokens": int(max_new_tokens),
             "temperature": float(temperature), "engine": engine}
 
 
@@ -580,10 +549,8 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
             metrics["chose_cot_fraction"] = (chosen.count(COT) / len(chosen)) if chosen else None
         (out_dir / f"metrics_{mode}.json").write_text(json.dumps(metrics, indent=2))
         results[mode] = metrics
-    setup = {"model": str(model_path), "model_digest": settings["model"], "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
-             "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
-             "frame_sampling": video.frame_sampling, "resize": video.resize,
-             "input_preset": video.input_preset, "video_first": video.preset.video_first,
+    setup = {"model": str(model_path), "model_digest": settings["model"], "n_queries": len(examples),
+             **video.block(), "video_first": video.preset.video_first,
              "system_prompt": video.preset.system_prompt or "(the chat template's default)",
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,

@@ -16,12 +16,17 @@ import yaml
 from tempsamp.advantages import ANCHOR_TIED, STRATEGIES
 from tempsamp.errors import UserError, closest
 from tempsamp.prompts import MODES
+from tempsamp.video.settings import VideoSettings
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(VideoSettings):
+    """The video settings (fps, max_frames, min/max/total_pixels, frame_sampling, resize, input_preset,
+    frame_cache) are declared once, in tempsamp.video.settings.VideoSettings; a recipe writes them as
+    flat keys like every other (``fps: 2.0``)."""
+
     # model
     model: str = "tiny"  # local path or hub id; "tiny" builds the tiny random Qwen2.5-VL offline ("tiny-vllm": head size 32, for vLLM on CPU)
     dtype: str = "auto"  # auto: CPU float32; GPU bf16 compute, float32 master weights unless LoRA (loop.weight_dtype)
@@ -39,24 +44,6 @@ class TrainConfig:
     durations: str | None = None
     few_shot_fraction: float = 1.0
     lenient_annotations: bool = False
-
-    # video: 2 FPS as in the paper; pixel budget in Qwen-VL's terms (pixels per frame and per clip)
-    fps: float = 2.0
-    max_frames: int = 256
-    min_pixels: int = 16 * 28 * 28
-    max_pixels: int = 256 * 28 * 28
-    total_pixels: int = 3584 * 28 * 28
-    frame_cache: str | None = None
-    # exact: frames at k / fps s (default); qwen: qwen-vl-utils 0.0.14's frame count, indices and sizes
-    # (docs/evaluation.md, "Frame sampling"); with qwen, set max_frames: 768 for qwen-vl-utils' own cap
-    frame_sampling: str = "exact"
-    # area: swscale's area filter (default); bicubic: qwen-vl-utils' torchvision bicubic with antialiasing
-    resize: str = "area"
-    # What the model is shown, as the stack a checkpoint was trained on shows it (tempsamp/presets.py):
-    # tempsamp (the project's own prompt, layout and the video keys above) | timezero | videochat_r1 | qwen.
-    # A preset other than tempsamp fixes prompt wording, text/video order, system prompt and the video keys
-    # (fps, max_frames, min/max/total_pixels, frame_sampling, resize); setting one of those otherwise is refused.
-    input_preset: str = "tempsamp"
 
     # rollout
     num_generations: int = 8  # G: the group size, off-policy row included
@@ -150,11 +137,7 @@ class TrainConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not auto, float32 or bfloat16")
         if self.rollout_engine not in ("transformers", "vllm"):
             raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
-        if self.frame_sampling not in ("exact", "qwen"):
-            raise ValueError(f"frame_sampling: {self.frame_sampling!r} is not exact or qwen")
-        if self.resize not in ("area", "bicubic"):
-            raise ValueError(f"resize: {self.resize!r} is not area or bicubic")
-        self._apply_input_preset()
+        self.validate_video()
         from tempsamp.train.parallel import MODES as DISTRIBUTED
 
         if self.distributed not in DISTRIBUTED:
@@ -182,18 +165,6 @@ class TrainConfig:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")
         return self
-
-    def _apply_input_preset(self) -> None:
-        """Put the preset's fixed video keys in; a key set to a third value conflicts with the preset."""
-        from tempsamp.presets import get_preset
-
-        preset = get_preset(self.input_preset)
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        for key, value in preset.video.items():
-            if getattr(self, key) not in (value, defaults[key]):
-                raise ValueError(f"{key}: {getattr(self, key)!r} conflicts with input_preset={self.input_preset}, which "
-                                 f"fixes it to {value!r}; drop the key or use input_preset=tempsamp")
-            setattr(self, key, value)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
