@@ -364,7 +364,7 @@ def test_highlights_train_with_the_timestamp_reward_mixed_with_grounding(tiny_sm
     (tmp_path / "qvh.jsonl").write_text(json.dumps(qvh) + "\n")
     texts = []
     real_offpolicy = loop.offpolicy_text
-    monkeypatch.setattr(loop, "offpolicy_text", lambda ex, mode: texts.append((ex.task, real_offpolicy(ex, mode))) or texts[-1][1])
+    monkeypatch.setattr(loop, "offpolicy_text", lambda ex, mode, *rest: texts.append((ex.task, real_offpolicy(ex, mode, *rest))) or texts[-1][1])
     cfg = load_config("tiny_cpu", tiny_overrides(
         tiny_small_vocab_model_dir, data_dir, tmp_path / "run", dataset=None, videos=str(data_dir),
         train_annotations=[str(data_dir / "train.jsonl"), str(tmp_path / "qvh.jsonl")], queries_per_step=4,
