@@ -46,9 +46,9 @@ def generated(monkeypatch):
     asked = []
     real = inference.generate_answers
 
-    def spy(generator, videos, queries, durations, mode, tasks):
+    def spy(generator, videos, queries, durations, mode, tasks, *preset):
         asked.extend((q, mode) for q in queries)
-        return real(generator, videos, queries, durations, mode, tasks)
+        return real(generator, videos, queries, durations, mode, tasks, *preset)
 
     monkeypatch.setattr(inference, "generate_answers", spy)
     return asked
