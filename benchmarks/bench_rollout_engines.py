@@ -78,14 +78,14 @@ def main() -> int:
     def per_query(engine):
         tokens = 0
         for slot, (prompt, f, t) in enumerate(zip(prompts, frames, texts)):
-            ids, _ = engine.sample(prompt, f, 2.0, t, num_samples=args.group, seed=slot)
+            ids = engine.sample(prompt, f, 2.0, t, num_samples=args.group, seed=slot).ids
             tokens += sum(len(i) for i in ids)
         return tokens
 
     requests = [RolloutRequest(p, f, 2.0, t, args.group, slot) for slot, (p, f, t) in enumerate(zip(prompts, frames, texts))]
 
     def one_call(engine):  # the whole step: what the training loop does
-        return sum(len(ids) for group, _ in engine.sample_batch(requests) for ids in group)
+        return sum(len(ids) for samples in engine.sample_batch(requests) for ids in samples.ids)
 
     runs = {"transformers": lambda: per_query(hf_engine), "transformers 1 call": lambda: one_call(hf_engine),
             "vllm per query": lambda: per_query(vllm_engine), "vllm one call": lambda: one_call(vllm_engine)}

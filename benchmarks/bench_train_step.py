@@ -119,7 +119,7 @@ def worker_ours(args) -> dict:
                 else:  # the image work TRL is given: G sampled completions, no off-policy row
                     text = prompt_text(QUERY, "answer", duration=8.0)
                     prompt = qwen_vl.build_image_prompt(processor, text, image)
-                    ids, texts = engine.sample(prompt, None, None, text, num_samples=cfg.num_generations, seed=step)
+                    ids, texts, _ = engine.sample(prompt, None, None, text, num_samples=cfg.num_generations, seed=step)
                     group = loop.Group(example, prompt, ids, texts, [False] * len(ids), sum(map(len, ids)))
             t_generate = time.perf_counter() - t0
             task, fmt, off, _ = loop.score(cfg, [group], False, loop.Counters())

@@ -41,13 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # anywhere on the line: `tempsamp train ... --debug` works too
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides", None) is not None and all(_is_override(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]  # `train RECIPE --max-steps 1 key=value`: overrides anywhere
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     if debug:
         return int(args.func(args) or 0)
     return run_reporting_errors(args)
+
+
+def _is_override(arg: str) -> bool:
+    key, sep, _ = arg.partition("=")
+    return bool(sep) and not arg.startswith("-") and key.strip().isidentifier()
 
 
 def run_reporting_errors(args) -> int:
@@ -66,20 +75,38 @@ def run_reporting_errors(args) -> int:
     try:
         return int(args.func(args) or 0)
     except RunStopped as err:
-        print(f"{name}: {err}", file=sys.stderr)
+        if str(err):  # empty: another process of the run says why (the collective watchdog)
+            _report(f"{name}: {err}")
         return err.exit_code
     except UserError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        _report(f"{name}: error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"{name}: interrupted; what was finished is saved (rerun the same command to continue)", file=sys.stderr)
+        _report(f"{name}: interrupted; what was finished is saved (rerun the same command to continue)")
         return 130
     except (ValueError, OSError) as err:
-        print(f"{name}: error: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        _report(f"{name}: error: {_one_line(err)} (--debug shows the traceback)")
         return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _report(line: str) -> None:
+    """The line that ends a command: on stderr, or, in a trainer under `tempsamp train --num-processes`,
+    to its launcher, which prints one process's line once (tempsamp.train.launch)."""
+    import os
+
+    from tempsamp.train.launch import report_path
+
+    path = report_path(os.environ["RANK"]) if "RANK" in os.environ else None
+    if path is None:
+        print(line, file=sys.stderr)
+        return
+    try:
+        path.write_text(line + "\n")
+    except OSError:
+        print(line, file=sys.stderr)
 
 
 def _sigterm_as_interrupt(signal):

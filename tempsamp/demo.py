@@ -19,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tempsamp.errors import nonnegative_int
+
 STRATEGIES = ("grpo", "reward_scaling", "anchor", "shaping")
 PAPER_ORDER = ("shaping", "anchor", "reward_scaling", "grpo")  # shaping >= anchoring >= scaling >= GRPO
 METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
+# One intra-op thread: the tiny model's products are too small to gain from more, and on a shared
+# machine threads that wait for each other slow the demo far more than the CPU it loses
+# (benchmarks/bench_contention.py; docs/decisions.md, "Threads").
+DEMO_THREADS = 1
 # One learning rate for every strategy (nothing tuned per strategy).
 RL_LEARNING_RATE = 2e-4
 
@@ -64,7 +70,7 @@ FRAME_PIXELS = 56 * 56
 
 def settings_digest(cfg) -> str:
     """A run folder per setting: a finished run is reused only when nothing in its settings changed."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "threads")}  # where, how fast: not what
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -80,8 +86,13 @@ def metric_key(metrics: dict, name: str) -> float:
 
 
 def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: str | Path = ".cache/demo",
-             size: DemoSize | None = None) -> Path:
-    """The whole miniature; ``size`` overrides FULL/QUICK (the tests run a very small one)."""
+             size: DemoSize | None = None, threads: int = DEMO_THREADS) -> Path:
+    """The whole miniature; ``size`` overrides FULL/QUICK (the tests run a very small one).
+
+    threads: torch's intra-op threads for every stage (0: tempsamp.threads' automatic choice)."""
+    from tempsamp.threads import set_threads
+
+    threads = set_threads(threads)
     from tempsamp.data.readers import load_examples
     from tempsamp.data.synth import synthesize
     from tempsamp.evaluation.inference import VideoSettings, evaluate
@@ -110,7 +121,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
     base = TrainConfig(
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
-        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, **vars(video), save_every=10**9, keep_last=1,
+        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, **vars(video), save_every=10**9, keep_last=1, threads=threads,
     )
     # overwrite: answers made by another model or settings (an older demo's) are replaced, not refused
     eval_kwargs = dict(video=video, max_new_tokens=size.max_new_tokens, progress=False, overwrite=True, say=lambda _: None)
@@ -246,6 +257,8 @@ def _significant(significance: list, a: str, b: str, metric: str = "mIoU") -> bo
 
 def significance_lines(significance: list) -> list[str]:
     """The report's table of strategy differences (B - A, 95% interval, p) and how to read it."""
+    from tempsamp.evaluation.compare import p_text
+
     if not significance:
         return []
     first = significance[0]
@@ -259,7 +272,7 @@ def significance_lines(significance: list) -> list[str]:
         cells = []
         for metric in ("mIoU", "R1@0.5"):
             r = entry["metrics"][metric]
-            text = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.3f}"
+            text = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], {p_text(r['p'])}"
             cells.append(f"**{text}**" if r["significant"] else text)
         lines.append(f"| {entry['pair'][0]} - {entry['pair'][1]} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -283,7 +296,9 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
                     + " | ".join(mean_std([metric_key(r[mode], m) for r in cot_runs]) for m in METRICS) + " |")
 
     # curves: reward and top-1 on-policy IoU per step, mean over seeds, smoothed over 5 steps
-    for key, name in (("reward/raw", "reward"), ("iou/top1_onpolicy", "top1_iou")):
+    for key, name, title, ylabel in (
+            ("reward/raw", "reward", "Reward of the on-policy samples", "mean task reward"),
+            ("iou/top1_onpolicy", "top1_iou", "IoU of the best on-policy sample per query", "IoU")):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for s in STRATEGIES:
             series = [[r.get(key) if r.get(key) is not None else np.nan for r in run] for run in curves[s]]
@@ -292,7 +307,9 @@ def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dic
             smooth = np.convolve(mean, np.ones(5) / 5, mode="valid") if n >= 5 else mean
             ax.plot(np.arange(len(smooth)) + (n - len(smooth) + 1), smooth, label=s)
         ax.set_xlabel("RL step")
-        ax.set_title(f"{key}, on-policy samples (mean of {size.seeds} seed(s), 5-step moving average)", fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}\n(mean of {size.seeds} seed{'s' if size.seeds > 1 else ''}, 5-step moving average)",
+                     fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -356,4 +373,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo-out", help="report folder")
     p.add_argument("--quick", action="store_true", help="a first look in about 3 minutes (1 seed, few steps)")
     p.add_argument("--work-dir", default=".cache/demo", help="data, models and runs (reused when present)")
-    p.set_defaults(func=lambda args: run_demo(args.out, args.quick, args.work_dir) and 0)
+    p.add_argument("--threads", type=nonnegative_int, default=DEMO_THREADS,
+                   help=f"torch's CPU threads (default {DEMO_THREADS}: the tiny model gains little from more, and on a "
+                        "shared machine more threads wait for each other; 0: one per available core)")
+    p.set_defaults(func=lambda args: run_demo(args.out, args.quick, args.work_dir, threads=args.threads) and 0)

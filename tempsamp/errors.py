@@ -65,3 +65,54 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type for counts where 0 means none (e.g. view --frames): a whole number >= 0."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _number(text: str, *, strict: bool) -> float:
+    import argparse
+    import math
+
+    bound = "> 0" if strict else ">= 0"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (strict and value == 0):
+        raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for rates such as --fps: a finite number > 0."""
+    return _number(text, strict=True)
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type for settings where 0 is meaningful, such as --temperature (0: greedy): a finite number >= 0."""
+    return _number(text, strict=False)
+
+
+# The argparse types above: every numeric flag of the CLI uses one (tests/test_errors.py checks).
+RANGE_TYPES = (positive_int, nonnegative_int, positive_float, nonnegative_float)
+
+
+def require_file(path, what: str) -> None:
+    """``what`` with its article ("an annotation file"): FileNotFoundError "PATH: annotation file not found",
+    or UserError "PATH: is a folder, not an annotation file" for a directory (not "not found")."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what.split(' ', 1)[1]} not found")

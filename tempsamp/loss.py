@@ -16,6 +16,13 @@ clipping, and optional policy shaping f(p) = p / (p + gamma) (gamma = 0.1 in LUF
 The default ``"ratio"`` treats them like on-policy tokens (the paper's one-update setting, where
 rho = 1 and both readings differ only by LUFFY's weighting); the trainer refuses ``"ratio"`` with
 more than one update per rollout (tempsamp.train.config).
+
+Sampler/learner mismatch (a separate engine such as vLLM samples the completions): the tokens were
+drawn from the sampler's distribution, not exactly from pi_old, so each on-policy token can be
+reweighted by truncated importance sampling (as verl and TRL do), ``truncated_is_weights``:
+    w_t = min(exp(old_logp_t - sampler_logp_t), C)           (detached; C = ``tis_cap``)
+    loss_t = -w_t * min(rho_t A, clip(rho_t) A) + beta * KL_t
+The GT row was never sampled by anyone: its weight is 1 (TIS leaves it as it was).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ def grpo_loss(
     offpolicy: torch.Tensor | None = None,
     offpolicy_loss: str = "ratio",
     luffy_gamma: float = 0.1,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Loss (scalar, to minimise) and statistics for completions of one or more groups.
 
@@ -68,6 +76,8 @@ def grpo_loss(
       (token_mean) or row count (sequence_mean) so the accumulated gradient equals one big batch's.
     offpolicy: [N] bool, the off-policy (GT) rows; None = all on-policy.
     offpolicy_loss: "ratio" (off-policy tokens like on-policy ones) or "luffy" (see the module doc).
+    is_weights: [N, L] per-token weights of the policy-gradient term (``truncated_is_weights``; the
+      KL term is not reweighted); None = 1.
     """
     if aggregation not in ("token_mean", "sequence_mean"):
         raise ValueError(f"aggregation must be 'token_mean' or 'sequence_mean', not {aggregation!r}")
@@ -88,6 +98,8 @@ def grpo_loss(
         shaped = p / (p + luffy_gamma) if luffy_gamma > 0 else p
         surrogate = torch.where(off_tok, shaped * adv, surrogate)
         clipped = torch.where(off_tok, unclipped, clipped)  # never clipped: for the clip statistics
+    if is_weights is not None:
+        surrogate = surrogate * is_weights.to(logp.dtype).detach()
     per_token = -surrogate
     if ref_logp is not None and beta != 0.0:
         delta = ref_logp - logp
@@ -119,3 +131,50 @@ def grpo_loss(
             tokens=int(mask.sum()),
         )
     return loss, stats
+
+
+def truncated_is_weights(
+    old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float, offpolicy: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Truncated importance-sampling weights min(exp(old_logp - sampler_logp), cap), per token [N, L].
+
+    old_logp: the learner's log-probs of the sampled tokens before the update (pi_old);
+    sampler_logp: the sampling engine's log-probs of the same tokens (NaN where it gave none: weight 1).
+    Rows flagged ``offpolicy`` (the GT completion, which no engine sampled) get weight 1.
+    The weights carry no gradient.
+    """
+    if cap <= 0:
+        raise ValueError(f"truncated_is_weights: cap must be positive, got {cap}")
+    with torch.no_grad():
+        weights = torch.exp(old_logp - sampler_logp).clamp(max=cap)
+        weights = torch.where(torch.isnan(sampler_logp), torch.ones_like(weights), weights)
+        if offpolicy is not None:
+            weights = torch.where(offpolicy.to(weights.device).bool().unsqueeze(-1), torch.ones_like(weights), weights)
+    return weights
+
+
+@dataclass
+class Mismatch:
+    """How far the learner's log-probs are from the sampler's, over some tokens (sums, to add up across groups)."""
+
+    abs_sum: float = 0.0
+    tokens: int = 0
+    max: float = 0.0
+    over_0_1: int = 0  # tokens differing by more than 0.1 nats
+
+    def add(self, other: "Mismatch") -> "Mismatch":
+        return Mismatch(self.abs_sum + other.abs_sum, self.tokens + other.tokens, max(self.max, other.max),
+                        self.over_0_1 + other.over_0_1)
+
+
+def logprob_mismatch(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                     offpolicy: torch.Tensor | None = None) -> Mismatch:
+    """|old_logp - sampler_logp| over the masked tokens of on-policy rows that have a sampler log-prob."""
+    with torch.no_grad():
+        keep = mask.bool() & ~torch.isnan(sampler_logp)
+        if offpolicy is not None:
+            keep &= ~offpolicy.to(keep.device).bool().unsqueeze(-1)
+        diff = (old_logp.detach() - sampler_logp)[keep].abs().double()
+        if diff.numel() == 0:
+            return Mismatch()
+        return Mismatch(float(diff.sum()), int(diff.numel()), float(diff.max()), int((diff > 0.1).sum()))

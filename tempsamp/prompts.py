@@ -61,6 +61,17 @@ def prompt_text(query: str, mode: str = ANSWER, *, duration: float, task: str = 
     return template.format(query=query.strip(), duration=duration)
 
 
+def prompt_template(mode: str = ANSWER, task: str = "grounding", template: str | None = None) -> str:
+    """The prompt with its placeholders, as reports show it: {query} and {duration} (the video's seconds).
+
+    template: another prompt template (default: this module's for ``mode`` and ``task``)."""
+    import re
+
+    if template is None:
+        template = (HIGHLIGHT_TEMPLATES if task == "highlights" else GROUNDING_TEMPLATES)[mode]
+    return re.sub(r"\{duration(:[^}]*)?\}", "{duration}", template)
+
+
 def _fmt(t: float, decimals: int) -> str:
     return f"{t:.{decimals}f}"
 

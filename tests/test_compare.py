@@ -159,3 +159,31 @@ def test_p_value_agrees_with_the_interval():
             assert r["p"] <= 0.05 + slack, (case, r)
         else:
             assert r["p"] >= 0.05 - slack, (case, r)
+
+
+def test_cli_prints_small_p_values_as_such_and_the_star_legend_only_with_stars(tmp_path, capsys):
+    from tempsamp.cli import main
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    queries = [{"qid": f"x#{i}", "vid": "x", "video_path": None, "duration": 10.0, "query": "q", "spans": [[0, 4]],
+                "task": "grounding"} for i in range(40)]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    for name, span in (("a.jsonl", [0, 2]), ("b.jsonl", [0, 4])):
+        (folder / name).write_text("".join(json.dumps({"qid": q["qid"], "pred_span": span}) + "\n" for q in queries))
+    a, b = str(folder / "a.jsonl"), str(folder / "b.jsonl")
+    assert main(["compare", a, b, "--n-boot", "2000"]) == 0
+    out = capsys.readouterr().out
+    miou = next(line for line in out.splitlines() if line.startswith("mIoU"))
+    assert miou.endswith("< 0.001  *") and "0.000" not in out
+    assert out.strip().splitlines()[-1] == "* the 95% interval excludes 0"
+    assert main(["compare", a, a, "--n-boot", "200"]) == 0  # nothing differs: no star, no legend
+    out = capsys.readouterr().out
+    assert "*" not in out and "1.000" in out
+
+    for bad, shown in (("0", "0"), ("-5", "-5")):
+        with pytest.raises(SystemExit) as exit:
+            main(["compare", a, b, "--n-boot", bad])
+        assert exit.value.code == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == f"tempsamp compare: error: argument --n-boot: must be >= 1, got {shown}"

@@ -1,5 +1,7 @@
 """Recipes: every shipped recipe loads, inheritance and overrides work, bad keys are named."""
 
+import dataclasses
+
 import pytest
 
 from tempsamp.train.config import RECIPES_DIR, TrainConfig, load_config
@@ -90,3 +92,115 @@ def test_weight_dtype_keeps_float32_master_weights_for_full_fine_tuning():
         TrainConfig(distributed="fsdp1").validate()
     with pytest.raises(ValueError, match="dtype"):
         TrainConfig(dtype="fp8").validate()
+
+
+def test_collective_timeout_must_be_a_positive_finite_number_of_seconds():
+    assert load_config("tiny_cpu", ["collective_timeout_s=30"]).collective_timeout_s == 30
+    for bad in ("0", "-5", "inf"):
+        with pytest.raises(ValueError, match="collective_timeout_s"):
+            load_config("tiny_cpu", [f"collective_timeout_s={bad}"])
+
+
+def _out_of_range(key: str):
+    """A value just outside ``key``'s range (RANGES), found by probing the range's own tests."""
+    from tempsamp.train.config import RANGES
+
+    low, high, _ = RANGES[key]
+    is_int = "int" in {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}[key]
+    for value in (-1, 0, -0.5) if low else ():
+        if not low(value):
+            return value
+    for value in (2**32, 1.5, 2) if high else ():
+        if not high(value) and (not is_int or float(value).is_integer()):
+            return value
+    raise AssertionError(f"{key}: no value found outside its range")
+
+
+def test_every_numeric_setting_has_a_range_and_the_cli_refuses_values_outside_it(capsys):
+    """Each int and float TrainConfig key is in RANGES; through `tempsamp train`, a value outside its range
+    (and NaN) is one line naming the key, exit 2."""
+    from tempsamp.cli import main
+    from tempsamp.train.config import RANGES
+
+    numeric = [f.name for f in dataclasses.fields(TrainConfig) if "int" in str(f.type) or "float" in str(f.type)]
+    assert sorted(numeric) == sorted(RANGES)
+    for key in numeric:
+        value = _out_of_range(key)
+        for given in (value, ".nan"):
+            code = main(["train", "tiny_cpu", "--print-config", f"{key}={given}"])
+            err = capsys.readouterr().err
+            assert code == 2 and "Traceback" not in err, (key, err)
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("tempsamp train: error: ") and f" {key}: " in last, (key, given, err)
+            if given == value or "float" in str(TrainConfig.__dataclass_fields__[key].type):
+                assert "is out of range: must be" in last, (key, given, last)
+            else:  # NaN for an integer key
+                assert "is not an integer" in last, (key, last)
+    # the issue's examples, as a user types them
+    for override, needle in (("beta=-0.5", "beta: -0.5 is out of range: must be >= 0"),
+                             ("few_shot_fraction=2", "few_shot_fraction: 2.0 is out of range: must be a fraction in (0, 1]"),
+                             ("save_every=0", "save_every: 0 is out of range: must be >= 1 step"),
+                             ("max_pixels=100", "max_pixels: 100 is below min_pixels (3136)")):
+        assert main(["train", "tiny_cpu", "--print-config", override]) == 2
+        assert needle in capsys.readouterr().err
+
+
+def test_every_numeric_flag_of_the_cli_checks_its_range(capsys):
+    """Every int/float option of every subcommand uses a range-checking type; the issue's cases say why."""
+    import argparse
+
+    from tempsamp.cli import build_parser, main
+    from tempsamp.errors import RANGE_TYPES
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, path + [name])
+            elif action.type in (int, float):
+                yield path, action.option_strings
+            elif action.type is not None and getattr(action.type, "__module__", "") == "tempsamp.errors":
+                assert action.type in RANGE_TYPES, (path, action.option_strings)
+
+    assert list(walk(build_parser(), [])) == []  # no bare int/float left
+    for argv, needle in ((["train", "tiny_cpu", "--num-processes", "0"], "argument --num-processes: must be >= 1, got 0"),
+                         (["view", "x", "--frames", "-3"], "argument --frames: must be >= 0, got -3"),
+                         (["eval", "--model", "m", "--annotations", "a", "--out", "o", "--temperature", "-1"],
+                          "argument --temperature: must be a number >= 0, got -1"),
+                         (["compare", "a", "b", "--n-boot", "-5"], "argument --n-boot: must be >= 1, got -5")):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and err.strip().splitlines()[-1].endswith(needle), err
+
+
+def test_overrides_are_accepted_after_options(capsys):
+    from tempsamp.cli import main
+
+    assert main(["train", "tiny_cpu", "--print-config", "output_dir=after", "beta=0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "output_dir: after" in printed and "beta: 0.5" in printed
+    with pytest.raises(SystemExit):
+        main(["train", "tiny_cpu", "--print-config", "--nonsense"])
+    assert "unrecognized arguments: --nonsense" in capsys.readouterr().err
+
+
+def test_threads_never_exceed_the_cores_shared_among_the_local_processes(monkeypatch):
+    import os
+
+    import torch
+
+    from tempsamp.threads import choose_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)  # torch's default on a bigger machine than this process may use
+        assert choose_threads(0) == 4
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two trainers on this machine: two cores each
+        assert choose_threads(0) == 2
+        torch.set_num_threads(1)  # OMP_NUM_THREADS=1 (torchrun's default for its workers): kept
+        assert choose_threads(0) == 1
+        assert choose_threads(3) == 3  # threads=3: as asked
+    finally:
+        torch.set_num_threads(before)

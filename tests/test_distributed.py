@@ -368,3 +368,155 @@ def test_weights_pushed_to_a_sampler_are_the_merged_lora_weights(tiny_small_voca
         with policy.disable_adapter():  # unmerged again: the base is still the base
             base = policy(**inputs).logits
     assert (base - want).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# Uneven work per process: FSDP2 / ZeRO-3 stay in step (every forward there is a collective)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uneven_data(tmp_path_factory):
+    """Six queries, two steps of queries_per_step=3 (each query once). Two processes hold slots
+    {0, 2} and {1}: 2 groups against 1. The query in slot 1 of step 1 has an unreadable video, so in
+    that step process 1's only video is unreadable (2 groups against 0)."""
+    from tempsamp.train.schedule import step_queries
+
+    root = tmp_path_factory.mktemp("uneven_data")
+    corrupt = step_queries(6, 0, 3, 0)[1]  # seed 0, as the recipe
+    rows = []
+    for i, span in enumerate([(2.0, 5.0), (4.0, 7.5), (1.0, 3.0), (0.5, 6.0), (3.0, 4.0), (1.5, 6.5)]):
+        if i == corrupt:
+            (root / f"v{i}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # not decodable
+        else:
+            write_video(root / f"v{i}.mp4", 8.0, span)
+        rows.append({"video": f"v{i}.mp4", "duration": 8.0, "query": "when is the red square visible?", "spans": [list(span)]})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+UNEVEN = {"queries_per_step": 3, "stages": [{"mode": "answer", "steps": 1}, {"mode": "cot", "steps": 1}],
+          "max_unreadable_fraction": 0.2}
+
+
+@pytest.fixture(scope="module")
+def uneven_one_process(tiny_small_vocab_model_dir, uneven_data, tmp_path_factory):
+    return train_one_process(tiny_small_vocab_model_dir, uneven_data, tmp_path_factory.mktemp("uneven_one") / "run", **UNEVEN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp", "zero3", "ddp"])
+def test_uneven_groups_per_process_stay_in_step_and_train_like_one(mode, uneven_one_process, tiny_small_vocab_model_dir,
+                                                                  uneven_data, tmp_path):
+    """queries_per_step=3 on 2 processes: step 1 holds 2 groups against 0 (process 1's only video is
+    unreadable), step 2 holds 2 against 1. Both complete, the bad video is counted, and the run is
+    the one-process run on the same usable groups."""
+    out = tmp_path / "run"
+    done = tempsamp_train([*overrides(tiny_small_vocab_model_dir, uneven_data, out, **UNEVEN), f"distributed={mode}"])
+    assert_ran_as(out, done.stdout, mode)
+    rows = read_metrics(out)
+    assert [r["groups"] for r in rows] == [2, 3]  # both steps applied, the bad video's group missing from step 1
+    assert [(r["faults/bad_videos"], r["faults/skipped_steps"]) for r in rows] == [(1, 0), (1, 0)]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["kind"]) for e in events] == [(0, "bad_video"), (0, "idle_process")], events
+    assert "on process 1:" in events[1]["message"]
+    assert_same_training(uneven_one_process, out, ATOL)
+    start, trained = weights(Path(tiny_small_vocab_model_dir)), weights(out / "final-model")
+    assert any(not torch.equal(trained[k], start[k]) for k in trained)
+
+
+@pytest.mark.slow
+def test_a_stalled_process_ends_the_run_with_one_line(tiny_small_vocab_model_dir, data_dir, tmp_path):
+    """Process 1 sleeps 600 s in step 2 (TEMPSAMP_TEST_STALL); process 0 waits in the step's first
+    collective. With collective_timeout_s=20 the run ends with one line naming the step and both
+    processes, exit 1, long before the stall would have ended."""
+    import time
+
+    out = tmp_path / "run"
+    args = [*overrides(tiny_small_vocab_model_dir, data_dir, out, collective_timeout_s=20), "distributed=fsdp"]
+    os.environ["TEMPSAMP_TEST_STALL"] = "1:2:600"
+    try:
+        started = time.time()
+        run = tempsamp_train(args, popen=True)
+        try:
+            output = run.communicate(timeout=400)[0]
+        except subprocess.TimeoutExpired:
+            kill_tree(run)
+            pytest.fail("the stalled run hung past 400 s")
+    finally:
+        del os.environ["TEMPSAMP_TEST_STALL"]
+    assert run.returncode == 1, output[-3000:]
+    assert time.time() - started < 400
+    lines = [line for line in output.splitlines() if "collective timeout" in line]
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith("tempsamp train: collective timeout in step 2: process 0 waited over 20 s "
+                               "(collective_timeout_s) for process 1 (last seen in step 2, data,"), lines[0]
+    assert lines[0].endswith("stalled or dead; the run ends, continue from checkpoint-1 with --resume"), lines[0]
+    assert "collective failure" not in output and "Connection closed" not in output  # the others end quietly
+    assert [r["step"] for r in read_metrics(out)] == [1]
+
+
+@pytest.mark.slow
+def test_sharded_generation_decodes_in_step_when_lengths_differ(tiny_small_vocab_model_dir):
+    """Under FSDP2 each decoding forward gathers the weights: a process done early keeps running
+    forwards (synced_gpus) while another still decodes; without it the run falls out of step."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tests" / "synced_generate.py"), str(tiny_small_vocab_model_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    assert "rank 0 synced=True: lengths [2, 2]" in lines, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rank 1 synced=True: lengths [6, 6]" in lines, lines
+    assert any(line.startswith("rank 1 synced=False: failed") or line.startswith("rank 0 synced=False: failed")
+               for line in lines), lines
+
+
+class FakeStore:
+    """The launcher's key-value store, as collective_failure uses it."""
+
+    def __init__(self):
+        self.values = {}
+
+    def set(self, key, value):
+        self.values[key] = value.encode() if isinstance(value, str) else value
+
+    def get(self, key):
+        return self.values[key]
+
+    def check(self, keys):
+        return all(k in self.values for k in keys)
+
+    def add(self, key, n):
+        self.values[key] = int(self.values.get(key, 0)) + n
+        return self.values[key]
+
+
+def test_watchdog_line_names_who_waited_and_who_was_missing_and_only_the_first_says_it(monkeypatch):
+    """Three processes: 0 and 2 reached step 5's update, 1 is still in step 5's rollout. Both waiting
+    processes time out; the first reports, the second ends quietly. Errors that are not a collective
+    timeout pass through."""
+    import time
+
+    from tempsamp.train import parallel as parallel_module
+
+    store = FakeStore()
+    monkeypatch.setattr(parallel_module.dist.distributed_c10d, "_get_default_store", lambda: store, raising=False)
+    monkeypatch.setattr(parallel_module.dist, "is_initialized", lambda: True)
+    now = time.time()
+    for rank, (step, phase) in enumerate([(4, "update"), (4, "rollout"), (4, "update")]):
+        store.set(f"tempsamp/heartbeat/{rank}", json.dumps({"step": step, "phase": phase, "time": now - 40}))
+
+    class Fake:
+        world, rank, timeout_s, current_step = 3, 0, 30.0, 4
+        heartbeats = parallel_module.Parallel.heartbeats
+
+    monkeypatch.setattr(parallel_module, "_active", Fake())
+    timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation to complete")
+    first = parallel_module.collective_failure(timeout)
+    assert str(first) == ("collective timeout in step 5: processes 0, 2 waited over 30 s (collective_timeout_s) for process 1 "
+                          "(last seen in step 5, rollout, 40 s ago): stalled or dead")
+    assert first.exit_code == 1
+    second = parallel_module.collective_failure(timeout)
+    assert str(second) == "" and second.exit_code == 1
+    assert parallel_module.collective_failure(RuntimeError("CUDA out of memory")) is None
+    assert parallel_module.collective_failure(ValueError("Timed out waiting")) is None

@@ -165,6 +165,68 @@ def test_bad_input_with_the_model(files, tiny_small_vocab_model_dir):
     check(resume, 2, f"--resume: no intact checkpoint in {f / 'fresh'}", "--allow-fresh")
 
 
+@pytest.mark.slow
+def test_no_traceback_and_no_silent_result(files, tiny_small_vocab_model_dir, tmp_path):
+    """Each was a traceback or a misleading exit 0: now one line naming what is wrong, non-zero."""
+    f, model = files, tiny_small_vocab_model_dir
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    good = {"video": "v0.mp4", "duration": 6.0, "query": "when is the red square visible?", "spans": [[1.0, 3.0]]}
+    (tmp_path / "v0.mp4").symlink_to(f / "v0.mp4")
+    (tmp_path / "dups.jsonl").write_text("".join(json.dumps(dict(good, qid=q)) + "\n" for q in ("a", "dup", "dup")))
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    (tmp_path / "unreadable.jsonl").write_text("".join(json.dumps(dict(good, video=v)) + "\n"
+                                                       for v in ("corrupt.mp4", "missing.mp4")))
+    (tmp_path / "grounding_preds.jsonl").write_text(json.dumps({"qid": 7, "pred_span": [1.0, 3.0]}) + "\n")
+    (tmp_path / "qvh_gt.jsonl").write_text(json.dumps({"qid": 7, "query": "q", "vid": "v", "duration": 150,
+                                                       "relevant_windows": [[0, 10]], "relevant_clip_ids": [0, 1, 2, 3, 4],
+                                                       "saliency_scores": [[1, 2, 1]] * 5}) + "\n")
+    small = ["--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", str(3136 * 16), "--max-new-tokens", "2"]
+    ev = ["eval", "--model", str(model), "--dataset", "jsonl", *small]
+    table = [
+        (["predict", "--model", str(damaged), str(f / "v0.mp4"), "when?"], 2,
+         f"--model {damaged}: model.safetensors is damaged: truncated"),
+        (["eval", "--model", str(damaged), "--annotations", str(f / "good.jsonl"), "--out", str(tmp_path / "e0")], 2,
+         f"--model {damaged}: model.safetensors is damaged: truncated"),
+        (["train", "tiny_cpu", "model=/nonexistent/model"], 2, "model=/nonexistent/model: no such folder"),
+        ([*ev, "--annotations", str(tmp_path), "--out", str(tmp_path / "e1")], 2, f"{tmp_path}: is a folder, not an annotation file"),
+        (["score", "grounding", "--pred", str(tmp_path), "--gt", str(f / "good.jsonl")], 2, "is a folder, not a JSONL file"),
+        (["score", "qvhighlights", "--pred", str(tmp_path / "grounding_preds.jsonl"), "--gt", str(tmp_path / "qvh_gt.jsonl")], 2,
+         "grounding_preds.jsonl:1: no line has pred_relevant_windows or pred_saliency_scores",
+         "score them with `tempsamp score grounding`"),
+        ([*ev, "--annotations", str(tmp_path / "dups.jsonl"), "--out", str(tmp_path / "e2")], 2,
+         "dups.jsonl:3: qid 'dup' is used twice (first at dups.jsonl:2)"),
+        ([*ev, "--annotations", str(tmp_path / "unreadable.jsonl"), "--out", str(tmp_path / "e3")], 2,
+         "none of the 2 videos could be read, so nothing was evaluated", "check --videos"),
+    ]
+    results = run_cases([argv for argv, *_ in table], tmp_path)
+    for result, (_, code, *needles) in zip(results, table):
+        check(result, code, *needles)
+    assert not (tmp_path / "e2").exists()  # refused before anything was written
+    report = (tmp_path / "e3" / "report.md").read_text()
+    assert "could not be read" in report  # the list is kept
+    assert 'The video is {duration} seconds long. Find the moment that matches the query: "{query}"' in report
+    assert "0.0 seconds" not in report
+
+
+@pytest.mark.slow
+def test_a_refusal_under_torchrun_is_one_line(files):
+    """`--num-processes 2`: every trainer refuses the missing file; the launcher prints it once, no torchrun traceback."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOGLEVEL"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, "-m", "tempsamp", "train", "tiny_cpu", "train_annotations=missing.jsonl",
+                           "dataset=jsonl", f"output_dir={files / 'torchrun'}", "--num-processes", "2"],
+                          cwd=files, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout and "ChildFailedError" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "tempsamp train: error: missing.jsonl: annotation file not found (--debug shows the traceback)"]
+    assert not (files / "torchrun").exists()  # the folder the launcher made for the run is gone again
+
+
 def test_data_synth_removes_an_earlier_larger_benchmark(tmp_path):
     from tempsamp.data.synth import synthesize
 
@@ -196,10 +258,12 @@ def test_plot_one_quantity_per_axis_points_stages_and_integer_steps(tmp_path, mo
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.setdefault(fig.axes[0].get_title(), fig) and None)
     names = {p.name for p in plot_run(run)}
     assert {"loss.png", "lr.png", "policy.png", "reward.png"} <= names
-    policy = figures["policy"]
+    policy = figures["Policy drift, clipping and entropy"]  # human titles, y labels and legends, no internal keys
     curves = [[line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in policy.axes]
-    assert curves == [["loss/kl"], ["loss/clip_fraction"], ["policy/entropy"]]  # the stage line is unlabelled
-    reward = figures["reward"].axes[0]
+    assert curves == [["on-policy rows"], ["clipped tokens"], ["entropy"]]  # the stage line is unlabelled
+    assert [ax.get_ylabel() for ax in policy.axes] == ["KL to the reference", "fraction of tokens", "entropy (nats/token)"]
+    assert all(ax.get_ylabel() and "/" not in ax.get_title() for fig in figures.values() for ax in fig.axes)
+    reward = figures["Reward"].axes[0]
     curves = [line for line in reward.get_lines() if not line.get_label().startswith("_")]
     assert len(curves) == 2 and all(line.get_marker() == "o" for line in curves)  # a one-step run still shows a point
     assert [line.get_xdata()[0] for line in reward.lines if line.get_linestyle() == "--"] == [2.5]  # the answer -> cot change

@@ -154,3 +154,45 @@ def test_the_gt_row_carries_the_kl_term_too():
         assert stats.kl == 0.0 and stats.kl_offpolicy == pytest.approx(float(k3.mean()))
         (grad,) = torch.autograd.grad(loss, logp)
         assert grad[0].abs().min() > 0 and grad[1].abs().max() == 0
+
+
+def test_truncated_is_weights_hand_case():
+    from tempsamp.loss import truncated_is_weights
+
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
+    sampler = torch.tensor([[-1.0 - math.log(2.0), -2.0 + math.log(4.0), float("nan")], [-3.0, -3.0, -3.0]])
+    weights = truncated_is_weights(old, sampler, cap=3.0, offpolicy=torch.tensor([False, True]))
+    # row 0: exp(log 2) = 2; exp(-log 4) = 0.25; no sampler log-prob -> 1. Row 1 is the GT row -> 1.
+    torch.testing.assert_close(weights, torch.tensor([[2.0, 0.25, 1.0], [1.0, 1.0, 1.0]]))
+    assert float(truncated_is_weights(old[:1, :1], torch.tensor([[-10.0]]), cap=3.0)) == 3.0  # exp(9) capped
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(old, sampler, cap=0.0)
+
+
+def test_truncated_is_weights_scale_the_policy_gradient_term_only():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    ref = torch.tensor([[-1.5, -2.0], [-0.5, -0.4]])
+    weights = torch.tensor([[2.0, 0.25], [1.0, 3.0]])
+    loss, _ = grpo_loss(logp, adv, torch.ones(2, 2), ref_logp=ref, beta=0.1, is_weights=weights)
+    loss.backward()
+    # rho = 1: d/dlogp of -w A rho = -w A; k3's gradient: beta (1 - exp(ref - logp)); over 4 tokens
+    kl_grad = 0.1 * (1 - torch.exp(ref - logp.detach()))
+    want = (-weights * adv.unsqueeze(-1) + kl_grad) / 4
+    torch.testing.assert_close(logp.grad, want)
+    plain, _ = grpo_loss(logp.detach(), adv, torch.ones(2, 2), ref_logp=ref, beta=0.1)
+    weighted, _ = grpo_loss(logp.detach(), adv, torch.ones(2, 2), ref_logp=ref, beta=0.1, is_weights=weights)
+    # the loss value: -sum(w A) / 4 instead of -sum(A) / 4, the KL part unchanged
+    assert float(weighted - plain) == pytest.approx(-float(((weights - 1) * adv.unsqueeze(-1)).sum()) / 4)
+
+
+def test_logprob_mismatch_counts_on_policy_tokens_with_a_sampler_logprob():
+    from tempsamp.loss import logprob_mismatch
+
+    old = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+    sampler = torch.tensor([[-1.05, -2.5, float("nan")], [-9.0, -9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    m = logprob_mismatch(old, sampler, mask, offpolicy=torch.tensor([False, True]))
+    assert m.tokens == 2 and m.abs_sum == pytest.approx(0.55) and m.max == pytest.approx(0.5) and m.over_0_1 == 1
+    m2 = logprob_mismatch(old, sampler, mask)  # without the flag row 1's two real tokens count
+    assert m2.tokens == 4 and m2.max == pytest.approx(8.0) and m.add(m2).tokens == 6

@@ -103,3 +103,33 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_continues(tiny_small_v
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {kept} at step {step}" in resumed.stdout
     assert (out / f"checkpoint-{step + 1}").is_dir()
+
+
+def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_says_so(tiny_small_vocab_model_dir, data, tmp_path, capsys,
+                                                                      monkeypatch):
+    """Through the CLI: the write of checkpoint-2 fails with ENOSPC (the optimizer file, as on a full disk)."""
+    import errno
+
+    from tempsamp.cli import main
+    from tempsamp.train import checkpoint
+
+    real = checkpoint.save_file
+
+    def save_file(tensors, path, *args, **kwargs):
+        if ".checkpoint-2.tmp" in str(path) and path.endswith("optimizer.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    out = tmp_path / "run"
+    code = main(["train", "tiny_cpu", *overrides(tiny_small_vocab_model_dir, data, out, save_every=1)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"tempsamp train: checkpoint-2 could not be written to {out} (the disk is full); checkpoint-1 is intact and the "
+        "partial checkpoint-2 was removed; free space, then continue with --resume")
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-1"] and verify_checkpoint(out / "checkpoint-1") is None
+    assert not list(out.glob(".checkpoint-*")) and not (out / ".tempsamp.lock").exists()
+    monkeypatch.setattr(checkpoint, "save_file", real)  # space freed: the run continues from checkpoint-1
+    assert main(["train", "tiny_cpu", *overrides(tiny_small_vocab_model_dir, data, out, save_every=1), "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out and latest_checkpoint(out).name == "checkpoint-3"

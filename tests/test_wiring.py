@@ -345,3 +345,67 @@ def test_anchor_tied_group_still_teaches_the_gt():
     joint = group_advantages(r, off, "anchor", anchor_tied="joint")
     assert literal.abs().sum() == 0
     assert float(joint[0, 7]) == pytest.approx(math.sqrt(7), rel=1e-5) and joint[0, :7].abs().sum() == 0
+
+
+# ---------------------------------------------------------------- sampler log-probs: mismatch and truncated IS
+
+
+def groups_with_sampler_logprobs(model, shift: float):
+    """fake_groups with a sampler whose log-prob of every drawn token is the learner's + shift (+ row index / 10);
+    the GT rows have none, as with vLLM."""
+    groups = fake_groups()
+    for g in groups:
+        g.sampler_logprobs = [
+            None if off else (unigram_logprobs(model.w.detach(), torch.tensor(ids), 1.0) + shift + row / 10).tolist()
+            for row, (ids, off) in enumerate(zip(g.completion_ids, g.offpolicy))
+        ]
+    return groups
+
+
+@pytest.mark.parametrize("tis_cap", [None, 1.05])
+def test_sampler_logprobs_give_the_mismatch_and_the_truncated_is_weights(fake, tis_cap):
+    from tempsamp.train.parallel import Parallel
+
+    model = FakePolicy()
+    groups = groups_with_sampler_logprobs(model, shift=-0.05)
+    adv = torch.tensor([[0.5, 2.0, -1.0], [1.0, -0.5, 1.5]], dtype=torch.float64)
+    par = Parallel("ddp")
+    par.model, par.optimizer, par.max_grad_norm = model, torch.optim.SGD(model.parameters(), lr=0.0), 0.0
+    cfg = TrainConfig(beta=0.0, max_grad_norm=0.0, tis_cap=tis_cap, rollout_engine="vllm")
+    log, _ = loop.update(cfg, model, None, groups, adv, par, pad_id=0)
+
+    # learner - sampler = 0.05 - row / 10 on every token of the on-policy rows; the GT rows are left out
+    diffs = [abs(0.05 - row / 10) for g in groups for row, (ids, off) in enumerate(zip(g.completion_ids, g.offpolicy))
+             if not off for _ in ids]
+    assert log.mismatch.tokens == len(diffs) == 4 + 1 + 2 + 3
+    assert log.mismatch.abs_sum == pytest.approx(sum(diffs)) and log.mismatch.max == pytest.approx(max(diffs))
+    assert log.mismatch.over_0_1 == sum(d > 0.1 for d in diffs)
+    scalars = loop.mismatch_scalars([log.mismatch])
+    assert scalars["rollout/logprob_abs_diff"] == pytest.approx(sum(diffs) / len(diffs))
+    assert scalars["rollout/logprob_diff_frac_gt_0.1"] == pytest.approx(sum(d > 0.1 for d in diffs) / len(diffs))
+
+    # the gradient: each on-policy token weighted by min(exp(learner - sampler), cap); GT tokens by 1
+    w = model.w.detach().clone().requires_grad_(True)
+    total, n = 0.0, 0
+    for g, a in zip(groups, adv):
+        for row, ids in enumerate(g.completion_ids):
+            keep = torch.tensor(g.loss_masks[row] or [1.0] * len(ids))
+            weight = 1.0 if g.offpolicy[row] or tis_cap is None else min(math.exp(0.05 - row / 10), tis_cap)
+            logp = unigram_logprobs(w, torch.tensor(ids), 1.0)
+            total = total - float(a[row]) * weight * (logp * keep).sum()
+            n += float(keep.sum())
+    (total / n).backward()
+    torch.testing.assert_close(model.w.grad, w.grad)
+
+
+def test_no_sampler_logprobs_no_mismatch_scalars(fake):
+    _, _, log, _ = run_update(TrainConfig(beta=0.0), FakePolicy())
+    assert log.mismatch.tokens == 0 and loop.mismatch_scalars([log.mismatch]) == {}
+
+
+def test_tis_cap_needs_a_separate_sampler():
+    with pytest.raises(ValueError, match="tis_cap"):
+        TrainConfig(tis_cap=2.0).validate()
+    with pytest.raises(ValueError, match="tis_cap"):
+        TrainConfig(tis_cap=0.0, rollout_engine="vllm").validate()
+    TrainConfig(tis_cap=2.0, rollout_engine="vllm").validate()

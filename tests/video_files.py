@@ -23,3 +23,30 @@ def write_video(path: Path, seconds: float, colour_span: tuple[float, float], fp
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def write_motion_video(path: Path, seconds: float, fps: int = 10, width: int = 320, height: int = 240) -> None:
+    """A clip with motion and texture: a square crossing a gradient whose colours drift over time.
+
+    Real-looking enough that resampling filters differ (flat frames would hide any difference)."""
+    import av
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(int(seconds * fps)):
+            t = i / fps
+            frame = np.empty((height, width, 3), np.uint8)
+            frame[..., 0] = (xs * 255 // width + 7 * i) % 256
+            frame[..., 1] = (ys * 255 // height + 3 * i) % 256
+            frame[..., 2] = ((xs + ys) // 4 + int(20 * t)) % 256
+            x = int((width - 48) * (0.5 + 0.5 * np.sin(t / 3)))
+            y = int((height - 48) * (0.5 + 0.5 * np.cos(t / 5)))
+            frame[y:y + 48, x:x + 48] = (240, 240, 240)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tempsamp.errors import require_file
 from tempsamp.data.example import GROUNDING, HIGHLIGHTS, TASKS, Example
 
 DATASETS = ("charades", "activitynet", "qvhighlights", "jsonl")
@@ -110,8 +111,7 @@ def load_examples_report(path, dataset: str | None = None, *, durations=None, vi
     raises ValueError/FileNotFoundError in both modes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
+    require_file(path, "an annotation file")
     check_utf8(path)
     dataset = detect_dataset(path) if dataset is None else dataset.lower()
     if dataset not in DATASETS:
@@ -135,8 +135,7 @@ def load_examples_report(path, dataset: str | None = None, *, durations=None, vi
 def detect_dataset(path) -> str:
     """Guess the format: .txt -> charades; .json -> activitynet/charades; .jsonl -> by its first row."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
+    require_file(path, "an annotation file")
     check_utf8(path)
     name = path.name.lower()
     if _looks_like_json(path):
@@ -197,8 +196,7 @@ def read_durations(csv_path, collect=None) -> dict[str, float]:
     """{video id: length in seconds} from a Charades_v1 CSV (needs 'id' and 'length' columns)."""
     collect = collect or _Collector(lenient=False)
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path}: durations CSV not found")
+    require_file(csv_path, "a durations CSV")
     check_utf8(csv_path)
     name = csv_path.name
     durations: dict[str, float] = {}

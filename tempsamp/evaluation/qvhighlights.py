@@ -453,6 +453,12 @@ def eval_submission(submission: list[dict], ground_truth: list[dict], *, allow_m
                            submission_sources=submission_sources, ground_truth_sources=gt_sources)
     metrics, brief = {}, {}
     present = [line for line in lines if line is not None]
+    if not any("pred_relevant_windows" in line or "pred_saliency_scores" in line for line in present):
+        first = (submission_sources or ["submission line 1"])[0] if submission else "the submission"
+        grounding = any("pred_span" in line for line in present)
+        raise ValueError(f"{first}: no line has pred_relevant_windows or pred_saliency_scores, so nothing can be scored "
+                         "as QVHighlights" + ("; these are grounding predictions (pred_span): score them with "
+                                              "`tempsamp score grounding`" if grounding else ""))
     if any("pred_relevant_windows" in line for line in present):
         moments = eval_moment_retrieval(lines, ground_truth, sources=sources, gt_sources=gt_sources)
         metrics.update(moments)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tempsamp.errors import positive_int
+from tempsamp.errors import nonnegative_float, positive_float, positive_int
 from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
 from tempsamp.video.settings import VideoSettings
 
@@ -28,11 +28,11 @@ def _video_args(p) -> None:
             continue
         default = ("256 with exact sampling, qwen-vl-utils' 768 with --frame-sampling qwen" if f.name == "max_frames"
                    else f.default)
-        kind = {"choices": list(meta["choices"])} if meta["choices"] else {"type": {"int": positive_int, "float": float}[f.type]}
+        kind = {"choices": list(meta["choices"])} if meta["choices"] else {"type": {"int": positive_int, "float": positive_float}[f.type]}
         p.add_argument(flag, default=None, **kind, help=f"{meta['help']} (default: the trained run's, else {default})")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help=f"default: the trained run's, else {DEFAULTS['max_new_tokens']}")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
 
 
 def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
@@ -56,6 +56,7 @@ def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
     if not path.is_dir():
         raise UserError(f"--model {spec}: is a file, not a model; {what}")
     if (path / "config.json").exists():
+        check_model_folder(spec, "--model ")
         return str(path), _trained_config(path.parent)
     from tempsamp.train.checkpoint import checkpoints, latest_checkpoint, verify_checkpoint
 
@@ -76,6 +77,29 @@ def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:
         say(f"model: {chosen.name}, the newest intact checkpoint of the run {path} ({len(found)} checkpoint(s))")
         return str(chosen / "model"), _trained_config(chosen)
     raise UserError(f"--model {spec}: not a model (no config.json, no checkpoint-N folders, no state.json); {what}")
+
+
+def check_model_folder(spec: str, flag: str) -> None:
+    """A model given as a path must exist and hold whole weights; a hub id (org/name) is left to transformers.
+
+    ``flag`` prefixes the message (``--model `` or ``model=``). Cheap: safetensors headers only.
+    """
+    from pathlib import Path
+
+    from tempsamp.errors import UserError
+    from tempsamp.train.checkpoint import damaged_weights
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/"):
+            return  # a hub id
+        raise UserError(f"{flag}{spec}: no such folder; give a model folder (holding config.json) or a hub id "
+                        "(org/name)")
+    if not path.is_dir():
+        raise UserError(f"{flag}{spec}: is a file, not a model folder")
+    problem = damaged_weights(path)
+    if problem:
+        raise UserError(f"{flag}{spec}: {problem}; the model folder is incomplete (copy it again, or re-export it)")
 
 
 def _trained_config(folder) -> dict | None:
@@ -184,7 +208,7 @@ def register(sub) -> None:
 def run_eval(args) -> int:
     from tempsamp.data.readers import load_examples
     from tempsamp.errors import UserError, ensure_output_dir
-    from tempsamp.evaluation.inference import check_vllm_available, evaluate
+    from tempsamp.evaluation.inference import check_unique_qids, check_vllm_available, evaluate
 
     if args.engine == "vllm":  # before reading anything: say at once what is missing
         try:
@@ -198,10 +222,15 @@ def run_eval(args) -> int:
         raise UserError(f"{args.annotations}: no queries in the file")
     if args.limit:
         examples = examples[: args.limit]
+    check_unique_qids(examples)  # before the folder is made
     ensure_output_dir(args.out, "evaluation folder (--out)")
     results = evaluate(model, examples, args.out, args.mode, video=_video_settings(settings, args.frame_cache),
                        max_new_tokens=settings["max_new_tokens"], temperature=args.temperature,
                        batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite, say=_say)
+    failed = next(iter(results.values())).get("n_failed_videos", 0)
+    if failed == len(examples):  # a table of zeros would read as a result: it is a set-up error
+        raise UserError(f"none of the {len(examples)} videos could be read, so nothing was evaluated; check --videos "
+                        f"and the annotation file's video paths ({args.out}/report.md lists each failure)")
     for mode, metrics in results.items():
         print(f"== {ORACLE_LABEL if mode == 'mixed-oracle' else mode}")
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
@@ -219,8 +248,11 @@ def run_predict(args) -> int:
         raise UserError("query: empty; say what to look for, e.g. \"when does the dog jump?\"")
     model_dir, trained = resolve_model(args.model, _say)
     settings = resolve_settings(args, trained, _say)
+    from transformers import AutoProcessor
+
+    factor = qwen_vl.frame_factor(AutoProcessor.from_pretrained(model_dir))  # the model's frame sides
     try:
-        video = _video_settings(settings, args.frame_cache).load(args.video)
+        video = _video_settings(settings, args.frame_cache).load(args.video, factor=factor)
     except FileNotFoundError as err:
         raise UserError(f"{err.filename or args.video}: video not found") from None
     except VideoDecodeError as err:

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tempsamp.errors import nonnegative_int, require_file
 from tempsamp.evaluation.conventions import CONVENTIONS, MISSING, PARSERS, Convention
 
 
 def read_jsonl(path) -> tuple[list[dict], list[str]]:
     """Objects of a JSONL file and their "file:line" sources; blank lines are skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+    require_file(path, "a JSONL file")
     rows, sources = [], []
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not text.strip():
@@ -273,7 +273,7 @@ def register(sub) -> None:
     g.add_argument("--durations", default=None, help="Charades-STA text: the CSV with video lengths")
     g.add_argument("--strict", action="store_true", help="count IoU > m instead of IoU >= m")
     g.add_argument("--clip-gt", action="store_true", help="clip ground-truth spans to [0, duration] first")
-    g.add_argument("--round-iou", type=int, default=None, metavar="N", help="round IoU to N decimals first")
+    g.add_argument("--round-iou", type=nonnegative_int, default=None, metavar="N", help="round IoU to N decimals first")
     g.add_argument("--allow-missing", action="store_true", help="score queries without a prediction as misses")
     g.add_argument("--convention", choices=list(CONVENTIONS), default="tempsamp",
                    help="whose parser, IoU rounding and missing-query rule: tempsamp (default), timezero "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tempsamp.spans import temporal_iou
+from tempsamp.errors import nonnegative_int, positive_int
 
 MODE_ORDER = ("answer", "cot", "mixed", "mixed-oracle")
 
@@ -164,8 +165,8 @@ def register(sub) -> None:
     p = sub.add_parser("view", help="one self-contained HTML page of an eval folder's predictions (or several side by side)")
     p.add_argument("folders", nargs="+", help="eval folders (tempsamp eval --out)")
     p.add_argument("--out", default="view.html", help="the page to write (default view.html)")
-    p.add_argument("--frames", type=int, default=8, help="frames per query in the strip (0: none)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--frames", type=nonnegative_int, default=8, help="frames per query in the strip (0: none)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N queries")
     p.add_argument("--gt", default=None, help="annotations, for folders without queries.jsonl")
     p.add_argument("--dataset", default=None)
     p.add_argument("--durations", default=None)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tempsamp.errors import RunStopped
+
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     state = optimizer.state_dict()
@@ -88,6 +90,18 @@ def verify_checkpoint(path: str | Path) -> str | None:
     return None
 
 
+def damaged_weights(model_dir: str | Path) -> str | None:
+    """None when every ``*.safetensors`` in a model folder reads back whole, else which file and what is wrong."""
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            problem = _safetensors_problem(file)
+        except (OSError, ValueError) as err:
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if problem:
+            return f"{file.name} is damaged: {problem}"
+    return None
+
+
 def _safetensors_problem(file: Path) -> str | None:
     size = file.stat().st_size
     with open(file, "rb") as f:
@@ -103,6 +117,50 @@ def _safetensors_problem(file: Path) -> str | None:
     if expected != size:
         return f"truncated ({size} bytes, its header needs {expected})" if size < expected else f"{size - expected} bytes too many"
     return None
+
+
+class CheckpointWriteFailed(RunStopped):
+    """A checkpoint could not be written (disk full, quota, I/O error); the previous one is untouched.
+
+    A stop (exit 1, one line), not a crash: the work up to the previous checkpoint is safe."""
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)  # safetensors reports the OS error inside its own exception's text
+    return "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text
+
+
+def _writing(tmp: Path, step: int):
+    """Turn a failed write of checkpoint-STEP into one line: what failed, which checkpoint is still intact.
+
+    The half-written temporary folder is removed, so the space it took is free again and
+    ``--resume`` finds the previous checkpoint as it was.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except Exception as err:
+            from safetensors import SafetensorError
+
+            if not isinstance(err, (OSError, SafetensorError)):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            root = Path(tmp).parent
+            kept = [p for p in checkpoints(root) if int(p.name.split("-")[1]) != step]
+            previous = (f"{kept[-1].name} is intact" if kept else "no earlier checkpoint exists")
+            cause = "the disk is full" if _is_disk_full(err) else f"{type(err).__name__}: {' '.join(str(err).split())}"
+            raise CheckpointWriteFailed(f"checkpoint-{step} could not be written to {root} ({cause}); {previous} and "
+                                        f"the partial checkpoint-{step} was removed; free space, then continue with "
+                                        "--resume") from err
+
+    return guard()
 
 
 def save_checkpoint(output_dir, step: int, model, processor, optimizer, state: dict, keep_last: int = 2,
@@ -136,7 +194,12 @@ def save_rng(folder: Path, rank: int) -> None:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda{i}"] = s
-    save_file(rng, str(Path(folder) / _rng_name(rank)))
+    with _writing(Path(folder), _step_of(folder)):
+        save_file(rng, str(Path(folder) / _rng_name(rank)))
+
+
+def _step_of(tmp) -> int:
+    return int(Path(tmp).name.removeprefix(".checkpoint-").removesuffix(".tmp"))
 
 
 def _rng_name(rank: int) -> str:
@@ -148,19 +211,20 @@ def commit_checkpoint(tmp: Path, step: int, model, processor, optimizer, state: 
     """Write the model, optimizer and state into ``tmp``, then rename it to checkpoint-STEP (main process)."""
     root = tmp.parent
     final = root / f"checkpoint-{step}"
-    if model_state is None:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-    else:
-        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
-    if processor is not None:
-        processor.save_pretrained(tmp / "model")
-    if optimizer is not None:
-        tensors, meta = _optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(meta))
-    full_state = dict(state, step=step, python_random=_py_random_state(), numpy_random=_np_random_state())
-    (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
-    _fsync_tree(tmp)
+    with _writing(tmp, step):
+        if model_state is None:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
+        if processor is not None:
+            processor.save_pretrained(tmp / "model")
+        if optimizer is not None:
+            tensors, meta = _optimizer_tensors(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(meta))
+        full_state = dict(state, step=step, python_random=_py_random_state(), numpy_random=_np_random_state())
+        (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
+        _fsync_tree(tmp)
     if final.exists():  # the same step written again (a resumed run): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)

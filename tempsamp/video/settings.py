@@ -4,8 +4,8 @@ that lays the prompt out around them.
 Training (``TrainConfig`` is a ``VideoSettings``, so recipes keep their flat keys: ``fps: 2.0``), the
 supervised start model (``SFTConfig``), ``tempsamp eval`` / ``predict`` (their flags are made from the
 fields below) and the input presets (``tempsamp.presets``: the values a preset fixes are fields here)
-all read this one declaration. A new setting is one field here, with its default, its help and its
-choices; what it does is then one place in the code that uses it (``load`` below, for a frame setting).
+all read this one declaration. A new setting is one field here, with its default, its help, its
+choices or its range; what it does is then one place in the code that uses it (``load`` below, for a frame setting).
 
 A run's config.yaml holds these keys under these names, and an eval report's set-up shows the same
 block (``block()``), so the two can be compared line for line.
@@ -17,23 +17,28 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tempsamp.presets import PRESETS, TOKEN_PIXELS
+from tempsamp.video.sampling import FACTOR
 
 
-def _setting(default, help: str, *, choices: tuple | None = None, answers: bool = True, recorded_at_default: bool = True):
-    """A video setting. answers=False: it does not change what the model sees (the frame cache).
-    recorded_at_default=False: added after stored generations existed, so a record leaves it out at
-    its default and those generations still match (``record()``)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "answers": answers,
+def _setting(default, help: str, *, choices: tuple | None = None, range: tuple | None = None, answers: bool = True,
+             recorded_at_default: bool = True):
+    """A video setting. range: for a number, (">" or ">=", bound, the range in words), which training
+    checks (tempsamp.train.config.RANGES). answers=False: it does not change what the model sees (the
+    frame cache). recorded_at_default=False: added after stored generations existed, so a record leaves
+    it out at its default and those generations still match (``record()``)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range, "answers": answers,
                                             "recorded_at_default": recorded_at_default})
 
 
 @dataclass
 class VideoSettings:
-    fps: float = _setting(2.0, "frames per second of video sampled (the paper: 2)")
-    max_frames: int = _setting(256, "frame cap; a longer video is sampled at a lower rate (qwen-vl-utils' own cap: 768)")
-    min_pixels: int = _setting(16 * TOKEN_PIXELS, "smallest frame, in pixels (Qwen-VL's min_pixels)")
-    max_pixels: int = _setting(256 * TOKEN_PIXELS, "largest frame, in pixels (Qwen-VL's max_pixels)")
-    total_pixels: int = _setting(3584 * TOKEN_PIXELS, "pixel budget of the whole clip, shared by its frames")
+    fps: float = _setting(2.0, "frames per second of video sampled (the paper: 2)", range=(">", 0, "> 0 frames per second"))
+    max_frames: int = _setting(256, "frame cap; a longer video is sampled at a lower rate (qwen-vl-utils' own cap: 768)",
+                               range=(">=", 1, ">= 1"))
+    min_pixels: int = _setting(16 * TOKEN_PIXELS, "smallest frame, in pixels (Qwen-VL's min_pixels)", range=(">=", 1, ">= 1"))
+    max_pixels: int = _setting(256 * TOKEN_PIXELS, "largest frame, in pixels (Qwen-VL's max_pixels)", range=(">=", 1, ">= 1"))
+    total_pixels: int = _setting(3584 * TOKEN_PIXELS, "pixel budget of the whole clip, shared by its frames",
+                                 range=(">=", 1, ">= 1"))
     frame_sampling: str = _setting(
         "exact", "exact: frames at k / fps s; qwen: qwen-vl-utils 0.0.14's frame count, indices and sizes "
         "(docs/evaluation.md, 'Frame sampling')", choices=("exact", "qwen"))
@@ -91,10 +96,13 @@ class VideoSettings:
                                  f"fixes it to {value!r}; drop the key or use input_preset=tempsamp")
             setattr(self, key, value)
 
-    def load(self, path):
-        """The video's frames under these settings (tempsamp.video.cache.sample_frames)."""
+    def load(self, path, factor: int = FACTOR):
+        """The video's frames under these settings (tempsamp.video.cache.sample_frames).
+
+        ``factor``, the multiple of the frames' sides, is the model's (patch x merge: qwen_vl.frame_factor),
+        not a user setting, so it is an argument here and no field of the record or of a config."""
         from tempsamp.video.cache import sample_frames
 
         return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
                              max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.frame_cache,
-                             frame_sampling=self.frame_sampling, resize=self.resize)
+                             frame_sampling=self.frame_sampling, resize=self.resize, factor=factor)

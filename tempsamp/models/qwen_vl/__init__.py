@@ -54,9 +54,9 @@ from tempsamp.models.qwen_vl.positions import (  # noqa: F401
     ORIGINAL_POSITION_FAMILIES, POSITION_RULE, original_rope_index, _vl_model, use_original_positions,
 )
 from tempsamp.models.qwen_vl.inputs import (  # noqa: F401
-    chat_messages, pinned_frames, video_metadata, set_video_budget, build_prompt, build_image_prompt,
-    prompt_length, _tokenizer, stop_token_ids, pad_token_id, completion_ids, completion_loss_mask,
-    placeholder_token_ids, trim_at_stop, build_prompt_batch, split_prompt_batch,
+    chat_messages, chat_text, frame_factor, pinned_frames, video_metadata, writes_time_as_text, set_video_budget,
+    build_prompt, build_image_prompt, prompt_length, _tokenizer, stop_token_ids, pad_token_id, completion_ids,
+    completion_loss_mask, placeholder_token_ids, trim_at_stop, build_prompt_batch, split_prompt_batch,
 )
 from tempsamp.models.qwen_vl.batching import (  # noqa: F401
     group_batch, groups_batch, split_groups,

@@ -63,6 +63,7 @@ def generate_batch(
     do_sample: bool = False,
     num_samples: int = 1,
     seeds: Sequence[int] | None = None,
+    synced_gpus: bool = False,
 ) -> Completions:
     """``num_samples`` completions per row of a left-padded prompt batch (greedy by default).
 
@@ -72,6 +73,8 @@ def generate_batch(
     seeds: one per prompt (sampling only): each prompt's samples are drawn from its own generator
     (``SeededSampler``), so they do not depend on which prompts share the batch (up to the
     floating-point effects of batching on the logits). Without seeds, torch's global RNG.
+    synced_gpus: keep decoding (forward passes whose tokens are dropped) until every process's
+    batch is done, as sharded weights need (each forward is a collective under FSDP2 / ZeRO-3).
     """
     if batch_inputs["attention_mask"][:, -1].eq(0).any():
         raise ValueError("generate_batch: the prompts must be LEFT-padded (build_prompt_batch does this)")
@@ -87,10 +90,10 @@ def generate_batch(
         sampler = SeededSampler(seeds, num_samples, temperature=temperature, top_p=top_p)
         config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=False,
                                     temperature=1.0, top_p=1.0)
-        return _run_generate(model, processor, repeat_prompts(batch_inputs, num_samples), config, sampler)
+        return _run_generate(model, processor, repeat_prompts(batch_inputs, num_samples), config, sampler, synced_gpus)
     config = _generation_config(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
-    return _run_generate(model, processor, batch_inputs, config)
+    return _run_generate(model, processor, batch_inputs, config, synced_gpus=synced_gpus)
 
 
 def repeat_prompts(batch: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
@@ -194,7 +197,8 @@ def _generation_config(model, processor, *, max_new_tokens: int, do_sample: bool
     )
 
 
-def _run_generate(model, processor, inputs: Mapping[str, torch.Tensor], config, sampler=None) -> Completions:
+def _run_generate(model, processor, inputs: Mapping[str, torch.Tensor], config, sampler=None,
+                  synced_gpus: bool = False) -> Completions:
     """model.generate in eval mode without gradients, the new tokens trimmed at the stop token."""
     from transformers import LogitsProcessorList
 
@@ -204,7 +208,8 @@ def _run_generate(model, processor, inputs: Mapping[str, torch.Tensor], config, 
     try:
         with torch.no_grad():
             extra = {"logits_processor": LogitsProcessorList([sampler])} if sampler is not None else {}
-            sequences = model.generate(**inputs, generation_config=config, **extra)
+            # synced_gpus explicitly: transformers infers it only for models it sharded itself
+            sequences = model.generate(**inputs, generation_config=config, synced_gpus=synced_gpus, **extra)
     finally:
         model.train(was_training)
     stops = stop_token_ids(processor)

@@ -23,14 +23,36 @@ def chat_messages(prompt_text: str, system_prompt: str | None = None, media: str
     return messages
 
 
+def chat_text(processor, prompt_text: str, system_prompt: str | None = None, video_first: bool = True) -> str:
+    """The chat template's text for one video query, as the family's release-era processor expected it.
+
+    Qwen3-VL: the template writes ``<|vision_start|><|video_pad|><|vision_end|>``; transformers 4.57
+    (Qwen3-VL's release) replaced that whole triple with the timestamped slices, each with its own
+    vision start/end, while 5.x replaces only the pad and leaves an extra outer pair. Writing the bare
+    pad gives 4.57's token sequence under 5.x.
+    """
+    text = processor.apply_chat_template(chat_messages(prompt_text, system_prompt, video_first=video_first),
+                                         tokenize=False, add_generation_prompt=True)
+    if writes_time_as_text(processor):
+        text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
+    return text
+
+
+def frame_factor(processor) -> int:
+    """Frame sides must be multiples of this: the video patch size x the spatial merge (28 for
+    Qwen2/2.5-VL, 32 for Qwen3-VL); the sampler sizes frames with it, as qwen-vl-utils does."""
+    video_processor = getattr(processor, "video_processor", processor)
+    return int(video_processor.patch_size * video_processor.merge_size)
+
+
 def pinned_frames(processor) -> dict:
     """Processor options that keep sampled frames as they are (tempsamp.video sized them already).
 
     Qwen2/2.5-VL's video processor resizes to its own ``size`` bounds unless told not to; the class
     defaults (128-768 tokens per frame) would enlarge small frames, a checkpoint's preprocessor
     config would shrink large ones. Off, unless ``set_video_budget`` made the processor the budget.
-    Qwen3-VL's processor keeps resizing: its patch is 16 (frames in multiples of 32), the sampler's
-    sizes are multiples of 28.
+    Qwen3-VL's processor keeps its own resize (its bounds are per clip): frames the sampler sized for
+    it (``frame_factor`` 32) are left as they are; other sizes are rounded to multiples of 32.
     """
     from transformers import Qwen2VLVideoProcessor
 
@@ -40,16 +62,25 @@ def pinned_frames(processor) -> dict:
     return {}
 
 
-def video_metadata(num_frames: int, fps: float, height: int | None = None, width: int | None = None):
+def video_metadata(num_frames: int, fps: float, height: int | None = None, width: int | None = None,
+                   source_frames: tuple[Sequence[int], float] | None = None):
     """Metadata for frames sampled at `fps` starting at t = 0: frame i was shown at i / fps.
 
     The frames are described as the whole video (frames_indices = 0..T-1), so the processor's
-    sampled_fps is exactly `fps`, and Qwen3-VL's timestamps are i / fps.
+    sampled_fps is exactly `fps` (Qwen2/2.5-VL's second_per_grid_ts = 2 / fps), and Qwen3-VL's
+    timestamps are i / fps. ``source_frames`` = (each frame's index in the source, the source's
+    frame rate) describes them as qwen-vl-utils does instead (Qwen3-VL then writes index / rate,
+    averaged over each 2-frame slice, as its release-era stack did); only for families that write
+    time as text (``build_prompt`` decides).
     """
     from transformers.video_utils import VideoMetadata
 
     if not fps > 0:
         raise ValueError(f"video_metadata: fps must be positive, got {fps}")
+    if source_frames is not None:
+        indices, rate = source_frames
+        return VideoMetadata(total_num_frames=max(indices) + 1, fps=float(rate), width=width, height=height,
+                             duration=(max(indices) + 1) / float(rate), frames_indices=list(indices))
     return VideoMetadata(
         total_num_frames=num_frames,
         fps=float(fps),
@@ -58,6 +89,11 @@ def video_metadata(num_frames: int, fps: float, height: int | None = None, width
         duration=num_frames / float(fps),
         frames_indices=list(range(num_frames)),
     )
+
+
+def writes_time_as_text(processor) -> bool:
+    """Qwen3-VL (and its successors) write each slice's time into the prompt rather than the positions."""
+    return type(processor).__name__.startswith("Qwen3")
 
 
 def set_video_budget(processor, *, frame_tokens: int, video_tokens: int | None = None, min_frame_tokens: int = 4):
@@ -105,6 +141,7 @@ def build_prompt(
     video_first: bool = True,
     device: torch.device | str | None = None,
     processor_kwargs: Mapping[str, Any] | None = None,
+    source_frames: tuple[Sequence[int], float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The model inputs for one query (batch 1): chat template with a video block and the text.
 
@@ -118,10 +155,9 @@ def build_prompt(
         raise ValueError(
             f"build_prompt: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}"
         )
-    text = processor.apply_chat_template(
-        chat_messages(prompt_text, system_prompt, video_first=video_first), tokenize=False, add_generation_prompt=True
-    )
-    metadata = video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2])
+    text = chat_text(processor, prompt_text, system_prompt, video_first)
+    metadata = video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2],
+                              source_frames=source_frames if writes_time_as_text(processor) else None)
     inputs = processor(
         text=[text],
         videos=[frames],
@@ -226,6 +262,7 @@ def build_prompt_batch(
     video_first: bool = True,
     device: torch.device | str | None = None,
     processor_kwargs: Mapping[str, Any] | None = None,
+    source_frames: Sequence[tuple[Sequence[int], float] | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The model inputs for B queries, one video each, in ONE processor call, LEFT-padded.
 
@@ -247,14 +284,11 @@ def build_prompt_batch(
             raise ValueError(
                 f"build_prompt_batch: video {i}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}"
             )
-    texts = [
-        processor.apply_chat_template(chat_messages(text, system_prompt, video_first=video_first), tokenize=False,
-                                      add_generation_prompt=True)
-        for text in prompt_texts
-    ]
+    texts = [chat_text(processor, text, system_prompt, video_first) for text in prompt_texts]
+    sources = source_frames if source_frames is not None and writes_time_as_text(processor) else [None] * len(frames_list)
     metadata = [
-        video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2])
-        for frames, fps in zip(frames_list, fps_list)
+        video_metadata(len(frames), fps, height=frames.shape[1], width=frames.shape[2], source_frames=source)
+        for frames, fps, source in zip(frames_list, fps_list, sources)
     ]
     tokenizer = _tokenizer(processor)
     side = tokenizer.padding_side
