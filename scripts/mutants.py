@@ -1,5 +1,5 @@
 """`make mutants`: break the algorithm core and the loop's wiring on purpose, one mutation at a time,
-and check that the tests notice (issue 13).
+and check that the tests notice.
 
 Each mutation is a source-text replacement applied to a scratch copy of the repository (the
 checkout itself is never touched); the tests that should catch it run there (one thread, -x). A
