@@ -267,7 +267,7 @@ RANGES = {
     "save_every": (_ge(1), None, ">= 1 step"),
     "keep_last": (_ge(0), None, ">= 0 (0: keep every checkpoint)"),
     "log_every": (_ge(1), None, ">= 1 step"),
-    "spike_factor": (_gt(0), None, "> 0"),
+    "spike_factor": (_ge(0), None, ">= 0 (0: every loss after the first is logged as a spike)"),
     "preflight_videos": (_ge(0), None, ">= 0 (0: no check)"),
     "max_unreadable_fraction": (_ge(0), _le(1), "a fraction in [0, 1]"),
     "max_skipped_fraction": (_ge(0), _le(1), "a fraction in [0, 1]"),
