@@ -376,4 +376,17 @@ def register(sub) -> None:
     p.add_argument("--threads", type=nonnegative_int, default=DEMO_THREADS,
                    help=f"torch's CPU threads (default {DEMO_THREADS}: the tiny model gains little from more, and on a "
                         "shared machine more threads wait for each other; 0: one per available core)")
-    p.set_defaults(func=lambda args: run_demo(args.out, args.quick, args.work_dir, threads=args.threads) and 0)
+    p.add_argument("--compare-curation", action="store_true",
+                   help="instead: GRPO, GRPO + dynamic sampling, GRPO on a difficulty-selected subset, TempSamp and "
+                        "TempSamp + selection at equal generation cost, 3 seeds (tempsamp/curation_demo.py)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.compare_curation:
+        from tempsamp.curation_demo import run_curation_demo
+
+        run_curation_demo(args.out if args.out != "demo-out" else "demo-curation-out", args.work_dir)
+        return 0
+    run_demo(args.out, args.quick, args.work_dir, threads=args.threads)
+    return 0

@@ -61,8 +61,9 @@ class InputPreset:
     video: dict = field(default_factory=dict)
 
     def template(self, mode: str, task: str = "grounding") -> str | None:
-        """The prompt template (``{query}``, ``{duration}``) for tempsamp.prompts.prompt_text; None: its own."""
-        return self.templates[mode] if self.templates is not None and task == "grounding" else None
+        """The prompt template (``{query}``, ``{duration}``) for tempsamp.prompts.prompt_text; None: its own
+        (also for a mode the peer has no template for, e.g. ``timelens``)."""
+        return self.templates.get(mode) if self.templates is not None and task == "grounding" else None
 
     def prompt(self, query: str, mode: str, *, duration: float, task: str = "grounding") -> str:
         from tempsamp.prompts import prompt_text

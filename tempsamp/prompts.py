@@ -20,7 +20,10 @@ from __future__ import annotations
 
 ANSWER = "answer"
 COT = "cot"
-MODES = (ANSWER, COT)
+# TimeLens' grounding prompt and answer format (TencentARC/TimeLens, training/data/grounding.py), for
+# reproducing set-ups trained on TimeLens data; answer-only, grounding only, no duration stated.
+TIMELENS = "timelens"
+MODES = (ANSWER, COT, TIMELENS)
 
 GROUNDING_TEMPLATES = {
     ANSWER: (
@@ -32,6 +35,10 @@ GROUNDING_TEMPLATES = {
         "The video is {duration:.1f} seconds long. Find the moment that matches the query: \"{query}\"\n"
         "First think about where it happens inside <think> </think>, then give the start and end time "
         "in seconds inside <answer> </answer>, for example <think> ... </think><answer> 12.5 to 17.8 </answer>."
+    ),
+    TIMELENS: (
+        "Please find the visual event described by the sentence '{query}', determining its starting and ending "
+        "times. The format should be: 'The event happens in <start time> - <end time> seconds'."
     ),
 }
 
@@ -57,7 +64,10 @@ def prompt_text(query: str, mode: str = ANSWER, *, duration: float, task: str = 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if template is None:
-        template = (HIGHLIGHT_TEMPLATES if task == "highlights" else GROUNDING_TEMPLATES)[mode]
+        templates = HIGHLIGHT_TEMPLATES if task == "highlights" else GROUNDING_TEMPLATES
+        if mode not in templates:
+            raise ValueError(f"mode {mode!r} has no {task} prompt")
+        template = templates[mode]
     return template.format(query=query.strip(), duration=duration)
 
 
@@ -98,5 +108,9 @@ def build_offpolicy_completion(
         body = "; ".join(
             f"{_fmt(s, decimals)} to {_fmt(e, decimals)} (score {_fmt(x, decimals)})" for (s, e), x in zip(spans, scores)
         )
+    if mode == TIMELENS:
+        if scores is not None:
+            raise ValueError("mode 'timelens' has no highlight format")
+        return "The event happens in " + ", ".join(f"{_fmt(s, decimals)} - {_fmt(e, decimals)} seconds" for s, e in spans) + "."
     answer = f"<answer> {body} </answer>"
     return answer if mode == ANSWER else f"<think> {think_text} </think><answer> {body} </answer>"

@@ -542,7 +542,8 @@ def test_lora_reference_is_the_base_model_and_only_the_adapter_learns(tiny_small
 @pytest.mark.slow
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_each_supported_family_runs_with_video(family):
-    folder = tiny.ensure_tiny_model(spec=tiny.TinySpec(family=family, vocab="small"))
+    spec = tiny.QWEN35_SPEC if family == "qwen3_5" else tiny.TinySpec(family=family, vocab="small")
+    folder = tiny.ensure_tiny_model(spec=spec)
     model, processor = qwen_vl.load_policy(str(folder))
     assert qwen_vl.family_of(model).model_type == family
     prompt = qwen_vl.build_prompt(processor, QUERY, random_frames(0), FPS)
@@ -556,7 +557,7 @@ def test_each_supported_family_runs_with_video(family):
     assert torch.isfinite(logprobs).all()
     other = qwen_vl.build_prompt(processor, QUERY, random_frames(1), FPS)
     assert (logprobs_of(model, other, sampled.ids, pad) - logprobs).abs().max() > 1e-5  # the video is read
-    if family == "qwen3_vl":  # Qwen3-VL writes the time of each grid slice into the prompt
+    if family in ("qwen3_vl", "qwen3_5"):  # Qwen3-VL (and Qwen3.5) write the time of each grid slice into the prompt
         with pytest.raises(ValueError, match="Qwen3VLVideoProcessor"):
             qwen_vl.set_video_budget(processor, frame_tokens=16)
         text = processor.tokenizer.decode(prompt["input_ids"][0])

@@ -25,6 +25,17 @@ Formats (``dataset`` names in brackets; ``None`` detects the format from the fil
   (``"grounding"`` | ``"highlights"``), ``clip_ids`` and ``saliency`` (QVHighlights-style: relevant
   2-s clip ids and, per clip, the annotators' 0-4 scores).
 
+* TimeLens-100K [timelens, ``timelens-100k.jsonl``]: one video per line,
+  ``{"video_path": "cosmo_cap/x.mp4", "duration": d, "source": "...", "events": [{"query": q, "span": [s, e]}, ...]}``
+  (``span`` may also be a list of ``[s, e]``); ``video_path`` resolves against ``videos`` (TimeLens'
+  ``data/TimeLens-100K/videos``), else the file's folder. One query per event, ``qid =
+  "{video_path}#{event index}"`` (stems repeat across sources), the source kept in ``extra["source"]``.
+* TimeLens-Bench [timelens-bench, ``charades-timelens.json``, ``activitynet-timelens.json``,
+  ``qvhighlights-timelens.json``]: ``{vid: {"duration": d, "spans": [[s, e], ...], "queries": [...]}}``,
+  video ``{videos}/{vid}.mp4``, ids as the other grounding sets.
+  TimeLens' queries are normalised as TimeLens reads them: runs of whitespace made one space, ends
+  stripped of spaces and full stops (the benchmarks' numbers were made with those queries).
+
 Ids: grounding sets get ``qid = "{video_id}#{index}"`` where index counts the file's queries from 0
 in file order (so it is unique and stable; predictions join back on it).
 Video paths: with ``videos`` given, ``{videos}/{video_id}.mp4`` (or the first of .mkv .webm .avi
@@ -54,7 +65,7 @@ import numpy as np
 from tempsamp.errors import require_file
 from tempsamp.data.example import GROUNDING, HIGHLIGHTS, TASKS, Example
 
-DATASETS = ("charades", "activitynet", "qvhighlights", "jsonl")
+DATASETS = ("charades", "activitynet", "qvhighlights", "jsonl", "timelens", "timelens-bench")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 
@@ -122,6 +133,11 @@ def load_examples_report(path, dataset: str | None = None, *, durations=None, vi
         examples = read_qvhighlights(path, videos, collect)
     elif dataset == "jsonl":
         examples = read_jsonl(path, videos, collect)
+    elif dataset == "timelens":
+        examples = read_timelens100k(path, videos, collect)
+    elif dataset == "timelens-bench":
+        examples = read_mllm_json(path, videos, collect, spans_key="spans", queries_key="queries",
+                                  normalize=timelens_query)
     elif dataset == "charades" and not _looks_like_json(path):
         if durations is None:
             raise ValueError(f"{path}: Charades-STA text needs the video durations: pass durations= "
@@ -139,6 +155,8 @@ def detect_dataset(path) -> str:
     check_utf8(path)
     name = path.name.lower()
     if _looks_like_json(path):
+        if "timelens" in name:
+            return "timelens-bench"
         return "charades" if "charades" in name else "activitynet"
     first = _first_nonblank_line(path)
     if first.startswith("{"):
@@ -150,6 +168,8 @@ def detect_dataset(path) -> str:
             return "qvhighlights"
         if isinstance(row, dict) and "video" in row:
             return "jsonl"
+        if isinstance(row, dict) and "events" in row and "video_path" in row:
+            return "timelens"
         raise ValueError(f"{path}: cannot detect the format from the first row's keys {sorted(row)}; pass dataset=")
     if "##" in first:
         return "charades"
@@ -259,7 +279,9 @@ def read_charades_text(path: Path, durations: dict[str, float], videos: Path | N
 # ---------------------------------------------------------------- {vid: {duration, timestamps, sentences}}
 
 
-def read_mllm_json(path: Path, videos: Path | None, collect) -> list[Example]:
+def read_mllm_json(path: Path, videos: Path | None, collect, *, spans_key: str = "timestamps",
+                   queries_key: str = "sentences", normalize=str.strip) -> list[Example]:
+    """The {vid: {duration, timestamps, sentences}} layout; TimeLens-Bench's names its lists spans, queries."""
     name = path.name
     text = path.read_text(encoding="utf-8")
     try:
@@ -267,7 +289,7 @@ def read_mllm_json(path: Path, videos: Path | None, collect) -> list[Example]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{name}:{err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{name}:1: expected an object {{video id: {{duration, timestamps, sentences}}}}, "
+        raise ValueError(f"{name}:1: expected an object {{video id: {{duration, {spans_key}, {queries_key}}}}}, "
                          f"got a {type(data).__name__}")
     examples: list[Example] = []
     index = 0  # the query's position in the file, skipped queries included (stable ids)
@@ -277,19 +299,19 @@ def read_mllm_json(path: Path, videos: Path | None, collect) -> list[Example]:
         try:
             if not isinstance(entry, dict):
                 raise _Bad("entry", f"{where}: expected an object, got {type(entry).__name__}")
-            for key in ("duration", "timestamps", "sentences"):
+            for key in ("duration", spans_key, queries_key):
                 if key not in entry:
                     raise _Bad(key, f"{where}: missing")
             duration = _positive_number(entry["duration"], "duration", where)
-            stamps, sentences = entry["timestamps"], entry["sentences"]
+            stamps, sentences = entry[spans_key], entry[queries_key]
             if not isinstance(stamps, list):
-                raise _Bad("timestamps", f"{where}: expected a list of [start, end], got {type(stamps).__name__}")
+                raise _Bad(spans_key, f"{where}: expected a list of [start, end], got {type(stamps).__name__}")
             if not isinstance(sentences, list):
-                raise _Bad("sentences", f"{where}: expected a list of strings, got {type(sentences).__name__}")
+                raise _Bad(queries_key, f"{where}: expected a list of strings, got {type(sentences).__name__}")
             if len(stamps) != len(sentences):
-                raise _Bad("timestamps", f"{where}: {len(stamps)} timestamps but {len(sentences)} sentences")
+                raise _Bad(spans_key, f"{where}: {len(stamps)} {spans_key} but {len(sentences)} {queries_key}")
         except _Bad as bad:
-            sentences = entry.get("sentences") if isinstance(entry, dict) else None
+            sentences = entry.get(queries_key) if isinstance(entry, dict) else None
             skipped = max(1, len(sentences)) if isinstance(sentences, list) else 1
             collect(source, bad.field, bad.message, skipped=skipped)  # the whole video's queries
             index += skipped
@@ -299,15 +321,15 @@ def read_mllm_json(path: Path, videos: Path | None, collect) -> list[Example]:
             qid, index = f"{vid}#{index}", index + 1
             where_k = f"{where} query {k}"
             try:
-                span = _span(stamp, "timestamps", where_k)
-                if not isinstance(sentence, str) or not sentence.strip():
-                    raise _Bad("sentences", f"{where_k}: expected a non-empty string, got {sentence!r}")
+                span = _span(stamp, spans_key, where_k)
+                if not isinstance(sentence, str) or not normalize(sentence):
+                    raise _Bad(queries_key, f"{where_k}: expected a non-empty string, got {sentence!r}")
             except _Bad as bad:
                 collect(source, bad.field, bad.message)
                 continue
             examples.append(Example(
                 qid=qid, video_id=vid, video_path=video_path, duration=duration,
-                query=sentence.strip(), spans=(span,), task=GROUNDING, source=source))
+                query=normalize(sentence), spans=(span,), task=GROUNDING, source=source))
     return examples
 
 
@@ -391,6 +413,51 @@ def read_jsonl(path: Path, videos: Path | None, collect) -> list[Example]:
             spans=spans, task=task, clip_ids=clip_ids, saliency=saliency, source=source,
             extra={"raw": _qvh_raw(qid, query, duration, video_id, spans, clip_ids, saliency)}
             if task == HIGHLIGHTS else {}))
+    return examples
+
+
+def timelens_query(text: str) -> str:
+    """A query as TimeLens reads it: whitespace runs made one space, spaces and full stops stripped off the ends."""
+    import re
+
+    return re.sub(r"\s+", " ", text).strip().strip(".").strip()
+
+
+def read_timelens100k(path: Path, videos: Path | None, collect) -> list[Example]:
+    """TimeLens-100K: one video per line with its events; one Example per event."""
+    base = videos if videos is not None else path.parent
+    examples = []
+    for _, source, row in _jsonl_rows(path, collect):
+        try:
+            for key in ("video_path", "duration", "events"):
+                if key not in row:
+                    raise _Bad(key, "missing")
+            rel = row["video_path"]
+            if not isinstance(rel, str) or not rel:
+                raise _Bad("video_path", f"expected a path, got {rel!r}")
+            duration = _positive_number(row["duration"], "duration")
+            if not isinstance(row["events"], list) or not row["events"]:
+                raise _Bad("events", f"expected a non-empty list of {{query, span}}, got {row['events']!r}")
+            events = []
+            for k, event in enumerate(row["events"]):
+                where = f"event {k}"
+                if not isinstance(event, dict) or "query" not in event or "span" not in event:
+                    raise _Bad("events", f"{where}: expected {{query, span}}, got {event!r}")
+                span = event["span"]
+                spans = (_spans(span, "span", allow_empty=False) if isinstance(span, list) and span and isinstance(span[0], (list, tuple))
+                         else (_span(span, "span", where),))
+                query = timelens_query(event["query"]) if isinstance(event["query"], str) else ""
+                if not query:
+                    raise _Bad("query", f"{where}: expected a non-empty string, got {event['query']!r}")
+                events.append((k, query, spans))
+        except _Bad as bad:
+            collect(source, bad.field, bad.message)
+            continue
+        video_id = str(Path(rel).with_suffix(""))
+        for k, query, spans in events:
+            examples.append(Example(
+                qid=f"{video_id}#{k}", video_id=video_id, video_path=str(base / rel), duration=duration, query=query,
+                spans=spans, task=GROUNDING, source=source, extra={"source": row.get("source")}))
     return examples
 
 

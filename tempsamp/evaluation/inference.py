@@ -35,7 +35,7 @@ from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
 from tempsamp.video.sampling import FACTOR
 from tempsamp.video.settings import VideoSettings
 
-MODES = ("answer", "cot", "mixed", "mixed-oracle")
+MODES = ("answer", "cot", "mixed", "mixed-oracle", "timelens")
 ENGINES = ("transformers", "vllm")
 ORACLE_LABEL = "mixed-oracle (UPPER BOUND: chooses with the ground truth)"
 
@@ -211,7 +211,7 @@ def prediction_for(record: dict, mode: str, gt_span=None) -> dict | None:
     """The per-mode prediction of one stored generation record (None when the video failed)."""
     if record.get("error"):
         return None
-    if mode in (ANSWER, COT):
+    if not mode.startswith("mixed"):  # answer, cot, timelens (TimeLens' prompt)
         return record[mode]
     pick = choose_mixed(record[ANSWER], record[COT]) if mode == "mixed" else choose_oracle(record[ANSWER], record[COT], gt_span)
     return dict(record[pick], chosen=pick)
@@ -341,15 +341,17 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def check_manifest(out_dir: Path, settings: dict, overwrite: bool) -> list[dict]:
+def check_manifest(out_dir: Path, settings: dict, overwrite: bool, *, generations: str = GENERATIONS,
+                   manifest: str = MANIFEST) -> list[dict]:
     """The stored records that may be reused; refuses (UserError) a folder made another way.
 
     Without ``overwrite``: a folder whose eval.json differs from ``settings`` is refused, naming
     the keys; one with generations but no eval.json (an older tempsamp) too. With it, the records
-    made another way are dropped from the file.
+    made another way are dropped from the file. ``generations`` / ``manifest``: the two files'
+    names (`tempsamp data difficulty` keeps its own pair).
     """
-    records = read_records(out_dir / GENERATIONS)
-    manifest_path = out_dir / MANIFEST
+    records = read_records(out_dir / generations)
+    manifest_path = out_dir / manifest
     saved = None
     if manifest_path.exists():
         try:
@@ -358,7 +360,7 @@ def check_manifest(out_dir: Path, settings: dict, overwrite: bool) -> list[dict]
             saved = None
     compared = [k for k in settings if k != "model_path"]  # the digest, not the path, names the model
     if records and saved is None and not overwrite:
-        raise UserError(f"{out_dir}: holds generations without a record of how they were made ({MANIFEST} missing "
+        raise UserError(f"{out_dir}: holds generations without a record of how they were made ({manifest} missing "
                         "or unreadable: an older tempsamp, or a damaged folder); use another --out, or --overwrite "
                         "to generate them again")
     if records and saved is not None:
@@ -372,7 +374,7 @@ def check_manifest(out_dir: Path, settings: dict, overwrite: bool) -> list[dict]
               and {k: r["made"].get(k) for k in current} == current}
     keep = list(latest.values())
     if len(keep) != len(records):  # compact: drop what can never be reused (other settings, superseded lines)
-        _atomic_write_text(out_dir / GENERATIONS, "".join(json.dumps(r) + "\n" for r in keep))
+        _atomic_write_text(out_dir / generations, "".join(json.dumps(r) + "\n" for r in keep))
     _atomic_write_text(manifest_path, json.dumps(settings, indent=1) + "\n")
     return keep
 

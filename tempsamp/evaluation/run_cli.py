@@ -19,8 +19,9 @@ VIDEO_KEYS = tuple(f.name for f in VideoSettings.settings() if f.metadata["answe
 DEFAULTS = {**VideoSettings().block(), "max_frames": None, "max_new_tokens": 256}
 
 
-def _video_args(p) -> None:
-    """One flag per video setting (--fps, --max-frames, ..., --frame-cache), made from the record."""
+def _video_args(p, temperature: bool = True) -> None:
+    """One flag per video setting (--fps, --max-frames, ..., --frame-cache), made from the record;
+    --max-new-tokens, and --temperature unless ``temperature=False``."""
     for f in VideoSettings.settings():
         flag, meta = "--" + f.name.replace("_", "-"), f.metadata
         if not meta["answers"]:
@@ -32,7 +33,8 @@ def _video_args(p) -> None:
         p.add_argument(flag, default=None, **kind, help=f"{meta['help']} (default: the trained run's, else {default})")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help=f"default: the trained run's, else {DEFAULTS['max_new_tokens']}")
-    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
+    if temperature:
+        p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
 
 
 def resolve_model(spec: str, say=print) -> tuple[str, dict | None]:

@@ -20,7 +20,11 @@ Vocabulary (``vocab``):
   callers honest: code must read ids from the processor/config, never hard-code them.
 
 Model families (``family``): ``"qwen2_5_vl"`` is the one the project targets; ``"qwen2_vl"`` and
-``"qwen3_vl"`` exist so the adapter's family dispatch is tested on real classes.
+``"qwen3_vl"`` exist so the adapter's family dispatch is tested on real classes. ``"qwen3_5"``
+(``QWEN35_SPEC``) is Qwen3.5: Qwen3-VL's vision tower and processor (16-pixel patches, a
+``<t seconds>`` text before each grid slice) in front of a hybrid text model whose layers alternate
+Gated DeltaNet linear attention and full attention (here one of each), with partial interleaved
+M-RoPE (a quarter of each 32-dim head rotates).
 
 vLLM (``VLLM_SPEC``, the model name ``tiny-vllm``): vLLM's CPU attention supports head sizes 32,
 64, 80, ... only, and the default model's is 16. ``VLLM_SPEC`` is the same model with 2 heads / 1
@@ -44,7 +48,7 @@ from pathlib import Path
 # Bump when the builder's output changes, so cached copies are rebuilt.
 BUILDER_VERSION = 1
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5")
 VOCABS = ("real", "small")
 
 # The Qwen2.5 special tokens and their ids in the real vocabulary (tokenizer_config.json of
@@ -156,8 +160,13 @@ class TinySpec:
 # The vLLM-compatible variant (see the module docstring): head_dim 32 instead of 16.
 VLLM_SPEC = TinySpec(num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6))
 
+# Qwen3.5 at toy width: 2 heads of 32 (a quarter rotates: 8 dims, mrope_section sums to 4), one
+# Gated DeltaNet layer and one full-attention layer.
+QWEN35_SPEC = TinySpec(family="qwen3_5", vocab="small", num_attention_heads=2, num_key_value_heads=1,
+                       mrope_section=(2, 1, 1))
+
 # Model names that stand for a tiny model (``model: tiny`` in a recipe, ``--model tiny``).
-NAMED_SPECS = {"tiny": TinySpec(), "tiny-vllm": VLLM_SPEC}
+NAMED_SPECS = {"tiny": TinySpec(), "tiny-vllm": VLLM_SPEC, "tiny-qwen3.5": QWEN35_SPEC}
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +257,8 @@ def build_tokenizer(vocab: str = "real"):
 
 
 def _patch_size(spec: TinySpec) -> int:
-    # Qwen3-VL's vision tower and processors are built around 16-pixel patches.
-    return 16 if spec.family == "qwen3_vl" else spec.patch_size
+    # Qwen3-VL's (and Qwen3.5's) vision tower and processors are built around 16-pixel patches.
+    return 16 if spec.family in ("qwen3_vl", "qwen3_5") else spec.patch_size
 
 
 def build_processor(spec: TinySpec, tokenizer):
@@ -274,7 +283,7 @@ def build_processor(spec: TinySpec, tokenizer):
         merge_size=spec.spatial_merge_size,
     )
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, **common)
-    if spec.family == "qwen3_vl":
+    if spec.family in ("qwen3_vl", "qwen3_5"):  # Qwen3.5 ships Qwen3-VL's processor
         # Qwen3-VL's budget is per video (longest_edge covers all frames); frames are given
         # already sampled, so sampling is off and the per-frame cap (qwen-vl-utils behaviour) on.
         video_processor = Qwen3VLVideoProcessor(
@@ -325,8 +334,9 @@ def build_config(spec: TinySpec, tokenizer):
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     head_dim = spec.hidden_size // spec.num_attention_heads
-    if 2 * sum(spec.mrope_section) != head_dim:
-        raise ValueError(f"TinySpec: mrope_section {spec.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    rotary = head_dim // 4 if spec.family == "qwen3_5" else head_dim  # Qwen3.5 rotates a quarter of each head
+    if 2 * sum(spec.mrope_section) != rotary:
+        raise ValueError(f"TinySpec: mrope_section {spec.mrope_section} must sum to {rotary // 2} (half the rotated dims)")
     text = dict(
         vocab_size=_model_vocab_size(spec, tokenizer),
         hidden_size=spec.hidden_size,
@@ -371,6 +381,16 @@ def build_config(spec: TinySpec, tokenizer):
             temporal_patch_size=spec.temporal_patch_size,
         )
         return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
+    if spec.family == "qwen3_5":
+        from transformers import Qwen3_5Config
+
+        text.update(head_dim=head_dim, partial_rotary_factor=0.25, layer_types=["linear_attention", "full_attention"]
+                    * (spec.num_hidden_layers // 2) + ["full_attention"] * (spec.num_hidden_layers % 2),
+                    linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                    linear_num_key_heads=2, linear_num_value_heads=4)
+        text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True, partial_rotary_factor=0.25)
+        vision.update(out_hidden_size=spec.hidden_size, num_position_embeddings=64)
+        return Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
     # qwen3_vl
     text.update(head_dim=head_dim)
     vision.update(
@@ -388,6 +408,7 @@ def model_class(family: str):
         "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
         "qwen2_vl": "Qwen2VLForConditionalGeneration",
         "qwen3_vl": "Qwen3VLForConditionalGeneration",
+        "qwen3_5": "Qwen3_5ForConditionalGeneration",
     }
     return getattr(transformers, names[family])
 
@@ -442,7 +463,7 @@ def default_cache_root() -> Path:
 
 def tiny_model_dir(spec: TinySpec = TinySpec(), cache_root: str | os.PathLike | None = None) -> Path:
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    family = {"qwen2_5_vl": "qwen2.5-vl", "qwen2_vl": "qwen2-vl", "qwen3_vl": "qwen3-vl"}[spec.family]
+    family = {"qwen2_5_vl": "qwen2.5-vl", "qwen2_vl": "qwen2-vl", "qwen3_vl": "qwen3-vl", "qwen3_5": "qwen3.5"}[spec.family]
     return root / f"tiny-{family}-{spec.vocab}-{spec.digest()}"
 
 

@@ -44,6 +44,27 @@ class TrainConfig(VideoSettings):
     durations: str | None = None
     few_shot_fraction: float = 1.0
     lenient_annotations: bool = False
+    # data curation (tempsamp.data.selection; docs/decisions.md, "Data curation"). Offline selection
+    # from a `tempsamp data difficulty` file: all | stratified (select_n spread evenly over
+    # select_bins bins of mean IoU) | gaussian (select_n drawn around mean IoU select_mu, width select_sigma)
+    difficulty_file: str | None = None
+    select: str = "all"
+    select_n: int = 0
+    select_bins: int = 10
+    select_mu: float = 0.5
+    select_sigma: float = 0.15
+    # online filtering (Time-R1): a query solved (mean on-policy IoU >= online_filter_iou) in each of its
+    # last online_filter_k visits is skipped the next online_filter_skip times the data order reaches it; 0: off
+    online_filter_k: int = 0
+    online_filter_iou: float = 0.7
+    online_filter_skip: int = 1
+    # dynamic sampling (DAPO): a group whose on-policy rewards all tie is dropped and refilled from the
+    # next queries, at most dynamic_sampling_max_rounds refill rounds per step (the GT row is not read)
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = 3
+    # a generation budget: the run ends (checkpoint, final model) once its sampled completions hold this
+    # many tokens, dropped groups included; 0: no budget. Equal-cost comparisons set it, and stages long enough.
+    max_generated_tokens: int = 0
 
     # rollout
     num_generations: int = 8  # G: the group size, off-policy row included
@@ -187,6 +208,22 @@ class TrainConfig(VideoSettings):
             raise ValueError(f"max_pixels: {self.max_pixels} is below min_pixels ({self.min_pixels})")
         if self.total_pixels < self.min_pixels:
             raise ValueError(f"total_pixels: {self.total_pixels} is below min_pixels ({self.min_pixels}): not one frame fits")
+        from tempsamp.data.selection import METHODS as SELECT
+
+        if self.select not in SELECT:
+            raise ValueError(f"select: {self.select!r} is not one of {', '.join(SELECT)}")
+        if self.select != "all" and (not self.difficulty_file or self.select_n < 1):
+            raise ValueError(f"select={self.select} needs difficulty_file (made by `tempsamp data difficulty`) "
+                             f"and select_n >= 1 (got difficulty_file={self.difficulty_file!r}, select_n={self.select_n})")
+        if self.select_bins < 1 or self.select_sigma <= 0:
+            raise ValueError(f"select_bins ({self.select_bins}) must be >= 1 and select_sigma ({self.select_sigma}) > 0")
+        if self.online_filter_k < 0 or self.online_filter_skip < 1:
+            raise ValueError(f"online_filter_k ({self.online_filter_k}) must be >= 0 (0: off) and online_filter_skip "
+                             f"({self.online_filter_skip}) >= 1")
+        if self.max_generated_tokens < 0:
+            raise ValueError(f"max_generated_tokens: {self.max_generated_tokens} must be >= 0 (0: no budget)")
+        if self.dynamic_sampling_max_rounds < 0:
+            raise ValueError(f"dynamic_sampling_max_rounds: {self.dynamic_sampling_max_rounds} must be >= 0")
         return self
 
     def _check_ranges(self) -> None:
@@ -274,6 +311,15 @@ RANGES = {
     "collective_timeout_s": (_gt(0), None, "> 0 seconds"),
     "vllm_sleep_level": (_ge(0), _le(2), "0 (off), 1 or 2"),
     "tis_cap": (_gt(0), None, "> 0, or null (off)"),
+    "select_n": (_ge(0), None, ">= 0 (the number of queries a selection keeps)"),
+    "select_bins": (_ge(1), None, ">= 1"),
+    "select_mu": (_ge(0), _le(1), "a mean IoU in [0, 1]"),
+    "select_sigma": (_gt(0), None, "> 0"),
+    "online_filter_k": (_ge(0), None, ">= 0 (0: off)"),
+    "online_filter_iou": (_ge(0), _le(1), "an IoU in [0, 1]"),
+    "online_filter_skip": (_ge(1), None, ">= 1"),
+    "dynamic_sampling_max_rounds": (_ge(0), None, ">= 0"),
+    "max_generated_tokens": (_ge(0), None, ">= 0 (0: no budget)"),
 }
 OPTIONAL_NUMBERS = ("clip_eps_high", "tis_cap")
 

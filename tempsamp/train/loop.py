@@ -51,7 +51,7 @@ from tempsamp.train.checkpoint import (
 from tempsamp.train.config import TrainConfig
 from tempsamp.train.logger import RunLogger
 from tempsamp.train.rollout_engine import RolloutRequest
-from tempsamp.train.schedule import sample_seed, shard, step_queries
+from tempsamp.train.schedule import QueryStream, sample_seed, shard
 from tempsamp.threads import set_threads
 from tempsamp.train.scoring import gt_clip_arrays, score_group
 
@@ -89,6 +89,7 @@ class Counters:
     skipped_steps: int = 0
     skipped_no_video: int = 0  # the two causes of skipped_steps
     skipped_non_finite: int = 0
+    generated_tokens: int = 0  # sampled completion tokens so far, dropped groups included (max_generated_tokens)
     loss_spikes: int = 0
     losses: list = field(default_factory=list)  # recent losses, for spike detection
 
@@ -106,7 +107,7 @@ class Counters:
 # ---------------------------------------------------------------- set-up
 
 
-def load_training_examples(cfg: TrainConfig):
+def load_training_examples(cfg: TrainConfig, say=print):
     from tempsamp.data.readers import load_examples
     from tempsamp.data.splits import few_shot
 
@@ -119,7 +120,39 @@ def load_training_examples(cfg: TrainConfig):
         examples += found
     if cfg.few_shot_fraction < 1.0:
         examples = few_shot(examples, cfg.few_shot_fraction, seed=cfg.seed)
+    if cfg.select != "all":
+        from tempsamp.data.difficulty import read_difficulty
+        from tempsamp.data.selection import select_examples
+
+        examples = select_examples(examples, read_difficulty(cfg.difficulty_file), cfg.select, cfg.select_n,
+                                   bins=cfg.select_bins, mu=cfg.select_mu, sigma=cfg.select_sigma, seed=cfg.seed, say=say)
     return examples
+
+
+def refill_owners(ties: list[list], kept: list[int], new_slots: list[int]) -> dict[int, int]:
+    """Which process samples each refill slot: the one holding the fewest kept groups (lowest rank on
+    a tie), so the refills go where the dropped groups were and, unless the refill cap is reached,
+    every process ends with a kept group: the queries trained on do not depend on the layout.
+    ``ties``: per process, its (slot, tied) pairs (gathered, the same on every process)."""
+    keep = set(kept)
+    load = [sum(1 for slot, _ in rank_ties if slot in keep) for rank_ties in ties]
+    owners = {}
+    for slot in new_slots:
+        rank = min(range(len(load)), key=lambda r: (load[r], r))
+        owners[slot] = rank
+        load[rank] += 1
+    return owners
+
+
+def onpolicy_tied(cfg, group: Group, cot: bool) -> bool:
+    """Dynamic sampling's test: do the group's on-policy rewards (task + format, as the advantages see
+    them) all tie? The GT row is not read: a group of identical samples is dropped whatever the GT
+    row would teach, as DAPO's filter sees only what the policy sampled."""
+    s = score_group(group.example, group.texts, cot, lambda_rec=cfg.lambda_rec, lambda_score=cfg.lambda_score,
+                    highlight_f2=cfg.highlight_f2)
+    on = ~np.array(group.offpolicy)
+    rewards = s.task[on] + (s.format[on] * cfg.format_weight if cot else 0.0)
+    return bool(len(rewards) and np.ptp(rewards) == 0.0)
 
 
 def resolve_model_path(name: str) -> str:
@@ -599,7 +632,7 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    examples = load_training_examples(cfg)
+    examples = load_training_examples(cfg, say=parallel.print)
     guards.preflight_videos(examples, cfg, parallel.print)
     if parallel.is_main:
         from tempsamp.errors import ensure_output_dir
@@ -633,7 +666,7 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
                    f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']}, "
                    f"{layout[0]['threads']} CPU thread(s) per process)")
 
-    counters, start = Counters(), 0
+    counters, start, data_state = Counters(), 0, None
     checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
     if resume and checkpoint is None and require_checkpoint:
         damaged = f" ({len(checkpoints(out))} found, all damaged)" if checkpoints(out) else ""
@@ -652,7 +685,20 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
             state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), parallel.optimizer, rank=parallel.rank)
         start = state["step"]
         counters = Counters(**state["counters"])
+        data_state = state.get("data")
         parallel.print(f"resumed from {checkpoint} at step {start}")
+    # the data order (a cursor: online filtering skips, dynamic sampling takes more) and the filter
+    from tempsamp.data.selection import OnlineFilter
+
+    online_filter = OnlineFilter(cfg.online_filter_k, cfg.online_filter_iou, cfg.online_filter_skip)
+    stream = QueryStream(len(examples), cfg.seed, cursor=start * cfg.queries_per_step)
+    if data_state is not None:
+        stream.cursor = int(data_state["cursor"])
+        online_filter.load_state_dict(data_state.get("filter", {}))
+
+    def filter_skip(index: int) -> bool:
+        return online_filter.enabled and online_filter.skip(examples[index].qid)
+
     engine = make_engine(cfg, policy, processor, model_path, synced_gpus=parallel.sharded_weights)
     push_weights(engine, parallel, cfg)  # a resumed run's weights, not the checkpoint on disk
     # Test hook: never push after an update, so the sampler keeps the first weights (the tests show
@@ -669,6 +715,11 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
         # What actually ran, read off the wrapped model on every process (tests check it).
         (out / "layout.json").write_text(json.dumps(layout, indent=1))
+        # which queries the run trains on: the selection, then one line per step (queries.jsonl)
+        (out / "selection.json").write_text(json.dumps({
+            "select": cfg.select, "difficulty_file": cfg.difficulty_file, "n": len(examples),
+            "qids": [ex.qid for ex in examples]}, indent=1) + "\n")
+        trim_query_log(out / QUERY_LOG, start)
 
     def load_frames(example):
         return cfg.load(example.video_path, factor=qwen_vl.frame_factor(processor))
@@ -683,12 +734,15 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         save_rng(tmp, parallel.rank)
         parallel.barrier()
         if parallel.is_main:
-            state = {"counters": vars(counters), "config": cfg.to_dict(), "world_size": parallel.world}
+            state = {"counters": vars(counters), "config": cfg.to_dict(), "world_size": parallel.world,
+                     "data": {"cursor": stream.cursor, "filter": online_filter.state_dict()}}
             commit_checkpoint(tmp, done, policy, processor, None if parallel.sharded else parallel.optimizer, state,
                               cfg.keep_last, model_state=full_state)
         parallel.barrier()
 
     end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+    if budget_spent(cfg, counters):  # a finished budget run, resumed: nothing left to do
+        end = start
 
     def end_of_step(done: int, force: bool = False) -> None:
         """Checkpoint every save_every steps, at the end and at --max-steps (skipped steps included), and
@@ -709,23 +763,73 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         _stall_for_tests(parallel, step)
 
         # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
-        slots = shard(list(enumerate(step_queries(len(examples), step, cfg.queries_per_step, cfg.seed))), parallel.rank, parallel.world)
+        taken, skipped = stream.take(cfg.queries_per_step, filter_skip)
+        slot_index = dict(enumerate(taken))  # slot -> example index, the same on every process
         model.eval()
-        requests, step_examples, group_slots, events = [], [], [], []
-        for slot, index in slots:  # data: frames and prompts
-            try:
-                requests.append(prepare_query(cfg, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
-                step_examples.append(examples[index])
-                group_slots.append(slot)
-            except (FileNotFoundError, VideoDecodeError) as err:
-                faults.bad_videos += 1
-                events.append(("bad_video", str(err)))
-        t_data = time.perf_counter() - t0
-        parallel.heartbeat(step, "rollout")
-        # Decided on gathered counts, so all processes agree: no usable query anywhere skips the
-        # step; otherwise every process takes part, one without a usable query on a blank stand-in
+        events = []
+        fillers = []  # the first group this process sampled in the step (real, or a blank stand-in)
+
+        def sample_slots(mine):
+            """This process's (slot, index) pairs sampled: (groups, their slots, data s, rollout s).
+
+            Every process makes ONE generate call per call of this, a process without a usable query
+            on a blank stand-in (weight 0), so sharded weights stay in step (ZeRO-3 gathers the policy
+            around transformers' generate; vLLM samples from its own copy: nothing to gather)."""
+            t_start = time.perf_counter()
+            requests, chosen, chosen_slots = [], [], []
+            for slot, index in mine:  # data: frames and prompts
+                try:
+                    requests.append(prepare_query(cfg, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
+                    chosen.append(examples[index])
+                    chosen_slots.append(slot)
+                except (FileNotFoundError, VideoDecodeError) as err:
+                    faults.bad_videos += 1
+                    events.append(("bad_video", str(err)))
+            t_prepared = time.perf_counter()
+            parallel.heartbeat(step, "rollout")
+            blank = [] if requests else [blank_request(cfg, processor, parallel.device, stage["mode"])]
+            gather = parallel.generation() if cfg.rollout_engine == "transformers" else contextlib.nullcontext()
+            # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
+            with torch.no_grad(), parallel.autocast(), gather:
+                made = rollout_step(cfg, engine, processor, chosen or [None], requests or blank, stage["mode"])
+            fillers.append(made[0])
+            return made[:len(requests)], chosen_slots, t_prepared - t_start, time.perf_counter() - t_prepared
+
+        groups, group_slots, t_data, t_rollout = sample_slots(shard(list(slot_index.items()), parallel.rank, parallel.world))
+        dynamic = {"dropped": [], "rounds": 0, "dropped_tokens": 0}
+        if cfg.dynamic_sampling:
+            # Decided on every process's gathered tie flags, so all take the same refills in step.
+            for round_ in range(cfg.dynamic_sampling_max_rounds + 1):
+                ties = gather_object([(slot, onpolicy_tied(cfg, g, cot)) for slot, g in zip(group_slots, groups)])
+                kept = sorted(slot for rank_ties in ties for slot, tied in rank_ties if not tied)
+                missing = cfg.queries_per_step - len(kept)
+                if missing <= 0 or round_ == cfg.dynamic_sampling_max_rounds:
+                    break
+                more, more_skipped = stream.take(missing, filter_skip)
+                skipped += more_skipped
+                first = max(slot_index) + 1
+                new = {first + i: index for i, index in enumerate(more)}
+                slot_index.update(new)
+                owners = refill_owners(ties, kept, list(new))
+                more_groups, more_slots, dt, rt = sample_slots([(k, v) for k, v in new.items() if owners[k] == parallel.rank])
+                groups, group_slots = groups + more_groups, group_slots + more_slots
+                t_data, t_rollout = t_data + dt, t_rollout + rt
+                dynamic["rounds"] += 1
+            keep = set(kept)
+            for rank_ties in ties:  # a process left with none keeps its first tied group (it trains like 1 process)
+                if rank_ties and not any(slot in keep for slot, _ in rank_ties):
+                    keep.add(min(slot for slot, _ in rank_ties))
+            dropped = [g for g, slot in zip(groups, group_slots) if slot not in keep]
+            dynamic["dropped"] = [slot for slot in group_slots if slot not in keep]
+            dynamic["dropped_tokens"] = sum(g.generated_tokens for g in dropped)
+            groups, group_slots = ([g for g, slot in zip(groups, group_slots) if slot in keep],
+                                   [slot for slot in group_slots if slot in keep])
+        filler = fillers[0]  # the forwards this process runs beyond its own groups carry it, at weight 0
+
+        # Decided on gathered counts, so all processes agree: no usable group anywhere skips the
+        # step; otherwise every process takes part, one without a usable group on its filler
         # (weight 0) and the step is applied on the others' groups (its bad videos are counted).
-        group_counts = gather_object(len(requests))
+        group_counts = gather_object(len(groups))
         if max(group_counts) == 0:
             reports = gather_object({"faults": faults.faults(), "events": events})
             counters.add([r["faults"] for r in reports])
@@ -736,21 +840,12 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
                     logger.event(step, kind, message)
                 logger.event(step, "skipped_step", f"no usable video on any of the {len(group_counts)} processes")
                 logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
+                log_queries(out / QUERY_LOG, step + 1, examples, slot_index, [], [], skipped)
             stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
             end_of_step(step + 1, force=stopping is not None)
             if stopping:
                 break
             continue
-        # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
-        # Every process makes ONE generate call per step (ZeRO-3 gathers the policy around
-        # transformers' generate; vLLM samples from its own copy: nothing to gather).
-        blank = [] if requests else [blank_request(cfg, processor, parallel.device, stage["mode"])]
-        gather = parallel.generation() if cfg.rollout_engine == "transformers" else contextlib.nullcontext()
-        with torch.no_grad(), parallel.autocast(), gather:
-            groups = rollout_step(cfg, engine, processor, step_examples or [None], requests or blank, stage["mode"])
-        filler = groups[0]  # the forwards this process runs beyond its own groups carry it, at weight 0
-        groups = groups[:len(requests)]
-        t_rollout = time.perf_counter() - t0 - t_data
 
         # 2. score, 3. advantages (on whole groups: each group lives on one process)
         parallel.heartbeat(step, "update")
@@ -779,8 +874,16 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
             "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
             "data_seconds": t_data,
             "groups": group_logs(group_slots, groups, task, fmt_scores, scores, adv),
+            "dynamic": dynamic,
         }
         reports = gather_object(report)
+        trained = sorted(g["slot"] for r in reports for g in r["groups"])
+        if online_filter.enabled:  # the same visits, in slot order, on every process
+            for g in sorted((g for r in reports for g in r["groups"]), key=lambda g: g["slot"]):
+                online_filter.visit(examples[slot_index[g["slot"]]].qid, [i for i, o in zip(g["iou"], g["offpolicy"]) if not o])
+        if logger:
+            dropped_slots = sorted(slot for r in reports for slot in r["dynamic"]["dropped"])
+            log_queries(out / QUERY_LOG, step + 1, examples, slot_index, trained, dropped_slots, skipped)
         counters.add([r["faults"] for r in reports])
         if logger:
             for kind, message in [e for r in reports for e in r["events"]]:
@@ -795,6 +898,14 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
             if logger:
                 logger.event(step, "skipped_step", "non-finite loss or gradient: update not applied")
         scalars = step_scalars(cfg, reports, cot)
+        # generation cost, dropped groups included (what equal-cost comparisons hold fixed)
+        scalars["tokens/generated"] = sum(g["generated_tokens"] for r in reports for g in r["groups"]) + sum(
+            r["dynamic"]["dropped_tokens"] for r in reports)
+        scalars["data/skipped_by_filter"] = float(len(skipped))
+        counters.generated_tokens += int(scalars["tokens/generated"])
+        if cfg.dynamic_sampling:
+            scalars["dynamic/dropped_groups"] = float(sum(len(r["dynamic"]["dropped"]) for r in reports))
+            scalars["dynamic/refill_rounds"] = float(reports[0]["dynamic"]["rounds"])
         loss_value = scalars["loss/value"]
         recent = counters.losses[-50:]
         if loss_value is not None and math.isfinite(loss_value):
@@ -817,11 +928,16 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
             bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
 
         stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
+        spent = budget_spent(cfg, counters)
         parallel.heartbeat(step, "checkpoint")
         t_checkpoint = time.perf_counter()
-        end_of_step(step + 1, force=stopping is not None)
+        end_of_step(step + 1, force=stopping is not None or spent)
         checkpoint_seconds = time.perf_counter() - t_checkpoint
         if stopping:
+            break
+        if spent:
+            parallel.print(f"generation budget spent after {step + 1} steps: {counters.generated_tokens} tokens "
+                           f"generated (max_generated_tokens={cfg.max_generated_tokens})")
             break
 
     stop.restore()
@@ -847,6 +963,30 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         raise RunStopped(f"{line}; continue with --resume", exit_code=stop.exit_code if stop.signal else 1)
     parallel.print(line)
     return out
+
+
+def budget_spent(cfg: TrainConfig, counters: Counters) -> bool:
+    return bool(cfg.max_generated_tokens) and counters.generated_tokens >= cfg.max_generated_tokens
+
+
+QUERY_LOG = "queries.jsonl"
+
+
+def log_queries(path: Path, step: int, examples, slot_index: dict, trained: list, dropped: list, skipped: list) -> None:
+    """One line per step: the qids trained on, dropped as tied (dynamic sampling), passed over by the filter."""
+    line = {"step": step, "trained": [examples[slot_index[s]].qid for s in trained],
+            "dropped_tied": [examples[slot_index[s]].qid for s in dropped],
+            "skipped_by_filter": [examples[i].qid for i in skipped]}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def trim_query_log(path: Path, start: int) -> None:
+    """A resumed run redoes the steps after its checkpoint: their lines go (they are written again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start]
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 SPEED_KEYS = ("step", "data", "rollout", "reference", "policy", "optimizer", "push", "checkpoint")

@@ -144,14 +144,14 @@ def video_payload(model_type: str, frames: np.ndarray, fps: float) -> tuple[obje
     Qwen3-VL writes each slice's time into the prompt from the metadata.
     """
     frames = np.asarray(frames)
-    if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
         raise ValueError(f"video_payload: model_type {model_type!r} is not supported")
     metadata = {
         "fps": float(fps), "duration": len(frames) / float(fps), "total_num_frames": len(frames),
         "frames_indices": list(range(len(frames))), "video_backend": "pyav", "do_sample_frames": False,
     }
     kwargs = {"do_sample_frames": False}
-    if model_type != "qwen3_vl":
+    if model_type not in ("qwen3_vl", "qwen3_5"):  # Qwen3.5 uses Qwen3-VL's processor
         kwargs["fps"] = float(fps)
         kwargs["do_resize"] = False  # frames as sampled (qwen_vl.pinned_frames says why)
     return (frames, metadata), kwargs

@@ -20,6 +20,44 @@ def step_queries(n_examples: int, step: int, queries_per_step: int, seed: int) -
     return out
 
 
+class QueryStream:
+    """The data order as a cursor over ``step_queries``' sequence (per-epoch seeded permutations).
+
+    Without skips, step s takes exactly ``step_queries(n, s, queries_per_step, seed)``. Online
+    filtering passes over some queries and dynamic sampling takes more than queries_per_step, so
+    the run keeps the cursor (saved in each checkpoint: a resumed run continues exactly). Every
+    process holds the same stream and takes the same queries (the skips are decided on values all
+    processes share), then keeps its shard.
+    """
+
+    def __init__(self, n_examples: int, seed: int, cursor: int = 0):
+        if n_examples == 0:
+            raise ValueError("no training examples")
+        self.n, self.seed, self.cursor = n_examples, seed, int(cursor)
+        self._epoch, self._perm = None, None
+
+    def index_at(self, k: int) -> int:
+        epoch, pos = divmod(k, self.n)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return int(self._perm[pos])
+
+    def take(self, count: int, skip=None) -> tuple[list[int], list[int]]:
+        """(the next ``count`` indices, the indices passed over because ``skip(index)`` said so).
+
+        After n_examples skips in one call the rest are taken anyway: a filter that drops every
+        query cannot stall the run."""
+        taken, skipped = [], []
+        while len(taken) < count:
+            index = self.index_at(self.cursor)
+            self.cursor += 1
+            if skip is not None and len(skipped) < self.n and skip(index):
+                skipped.append(index)
+                continue
+            taken.append(index)
+        return taken, skipped
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """This process's share: items rank, rank + world, ... (groups stay whole)."""
     return items[rank::world]

@@ -50,6 +50,18 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# ---- Qwen3.5 (transformers' qwen3_5; added with the data-curation work, kept apart for review):
+# Qwen3-VL's vision tower and processor (Qwen3VLProcessor: '<t seconds>' before each grid slice)
+# in front of a hybrid text model (Gated DeltaNet linear-attention layers between full-attention
+# ones) with partial interleaved M-RoPE; the same inputs as Qwen3-VL.
+FAMILIES["qwen3_5"] = Family(
+    "qwen3_5",
+    "Qwen3_5ForConditionalGeneration",
+    TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
+    "'<t seconds>' text before each grid slice, from the metadata's frames_indices / fps (as Qwen3-VL)",
+)
+
+
 # The inputs every Qwen2.5-VL forward pass must carry (the project's main family).
 MODEL_INPUT_KEYS = FAMILIES["qwen2_5_vl"].input_keys
 
