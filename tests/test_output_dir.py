@@ -89,7 +89,8 @@ def test_rerunning_a_finished_run_is_refused_overwrite_replaces_it_resume_append
     first = tempsamp(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "config.yaml", "events.jsonl", "final-model", "layout.json",
-                                                     "metrics.jsonl", "speed.json", "tensorboard"]  # no lock left
+                                                     "metrics.jsonl", "queries.jsonl", "selection.json", "speed.json",
+                                                     "tensorboard"]  # no lock left
     metrics = (out / "metrics.jsonl").read_text()
     (out / "eval").mkdir()  # not the run's: kept by --overwrite
     one_line_error(tempsamp(*args), f"output_dir {out} already holds a training run", "--resume", "--overwrite")

@@ -405,8 +405,8 @@ def test_stages_reach_the_prompt_and_the_temperature_reaches_sampling_and_every_
     monkeypatch.setattr(qwen_vl, "generate_batch", lambda *a, **kw: sampled.append(kw.get("temperature")) or real_generate(*a, **kw))
     masks = []
     real_update = loop.update
-    monkeypatch.setattr(loop, "update", lambda cfg, model, ref, groups, *a: masks.append([g.loss_masks[-1] for g in groups])
-                        or real_update(cfg, model, ref, groups, *a))
+    monkeypatch.setattr(loop, "update", lambda cfg, model, ref, groups, *a, **k: masks.append([g.loss_masks[-1] for g in groups])
+                        or real_update(cfg, model, ref, groups, *a, **k))
     cfg = load_config("tiny_cpu", tiny_overrides(
         tiny_small_vocab_model_dir, data_dir, tmp_path / "run", temperature=0.7, beta=0.04, updates_per_rollout=2,
         offpolicy_loss="luffy", stages=[{"mode": "answer", "steps": 1}, {"mode": "cot", "steps": 1}]))

@@ -286,6 +286,9 @@ class FakeEngine:
 class FakeVideo:
     frames, fps = np.zeros((2, 4, 4, 3), np.uint8), 2.0
 
+    def source_frames(self):  # as tempsamp.video's Video without the source's frame indices
+        return None
+
 
 @pytest.mark.parametrize("mode", ["answer", "cot"])
 def test_rollout_asks_with_the_stage_prompt_and_appends_the_gt(mode, monkeypatch):

@@ -25,7 +25,7 @@ HELD_BY_LAUNCHER = "TEMPSAMP_OUTPUT_DIR_LOCKED"
 CREATED_BY_LAUNCHER = "TEMPSAMP_OUTPUT_DIR_CREATED"
 # What a training run writes into its output_dir (anything else, e.g. an eval/ folder, is not the run's).
 RUN_FILES = ("metrics.jsonl", "events.jsonl", "config.yaml", "layout.json", "speed.json", "final-model", "tensorboard",
-             "plots")
+             "queries.jsonl", "selection.json", "plots")
 
 _held: dict[str, int] = {}  # output_dir -> descriptor, for the locks this process holds
 _created: set[str] = set()  # output_dirs this process made (removed again if the run wrote nothing)
