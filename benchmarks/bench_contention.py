@@ -36,7 +36,7 @@ def warm(work: Path) -> None:
 
     data = Path(synthesize(work / "synth", n=QUICK.n_videos, seed=0, **SYNTH_KNOBS))
     video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
-                          cache_dir=str(work / "frames"))
+                          frame_cache=str(work / "frames"))
     for split in ("train", "test"):
         for ex in load_examples(data / f"{split}.jsonl", "jsonl"):
             video.load(ex.video_path)

@@ -70,11 +70,11 @@ def main(argv=None) -> int:
     size = QUICK
     work = Path(args.work_dir)
     video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
-                          cache_dir=str(work / "frames"))
+                          frame_cache=str(work / "frames"))
     data = Path(synthesize(work / "synth", n=size.n_videos, seed=0, **SYNTH_KNOBS))
     test = load_examples(data / "test.jsonl", "jsonl")[: args.eval]
     sft = SFTConfig(steps=size.sft_steps, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-                    total_pixels=video.total_pixels, frame_cache=video.cache_dir)
+                    total_pixels=video.total_pixels, frame_cache=video.frame_cache)
     if args.start == "demo":
         start = ensure_start_model(work / "start-model", data / "train.jsonl", sft, prebuilt=PREBUILT_START_MODEL)
     else:
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
         learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-        total_pixels=video.total_pixels, frame_cache=video.cache_dir, save_every=10**9, keep_last=1,
+        total_pixels=video.total_pixels, frame_cache=video.frame_cache, save_every=10**9, keep_last=1,
     )
 
     def run(cfg, modes, max_new_tokens):

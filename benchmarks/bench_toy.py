@@ -1,5 +1,5 @@
 """The seconds-fast toy: every advantage strategy of the algorithm core on a synthetic grounding task
-without a video model (tempsamp/toy.py explains the task). Same task, initial policy, query order,
+without a video model (tempsamp/simulation/toy.py explains the task). Same task, initial policy, query order,
 learning rate and steps for every strategy; mean ± std over seeds; held-out greedy mIoU.
 
     python benchmarks/bench_toy.py                      # the full version (well under a minute on 1 core)
@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from tempsamp.toy import TOY_STRATEGIES, ToyConfig, compare, curves_text, summary_table  # noqa: E402
+from tempsamp.simulation.toy import TOY_STRATEGIES, ToyConfig, compare, curves_text, summary_table  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
 """`make mutants`: break the algorithm core and the loop's wiring on purpose, one mutation at a time,
-and check that the tests notice (issue 13).
+and check that the tests notice.
 
 Each mutation is a source-text replacement applied to a scratch copy of the repository (the
 checkout itself is never touched); the tests that should catch it run there (one thread, -x). A
@@ -108,10 +108,10 @@ MUTATIONS = [
     ("aggregation not passed", LOOP, "aggregation=cfg.aggregation, normalizer", 'aggregation="token_mean", normalizer', (W, "normaliser")),
     ("logged KL includes the GT row", LOOP, "log.kl.append(stats.kl)\n", "log.kl.append(stats.kl_offpolicy or stats.kl)\n", (W, "logged_kl")),
     ("zero-GT fraction over on-policy rows", LOOP, "float((adv[off] == 0).mean())", "float((adv[on] == 0).mean())", (W, "step_scalars")),
-    ("packed groups' time steps misordered", "tempsamp/models/qwen_vl.py", '    batch["completion_mask"] = torch.cat(\n        [torch.nn.functional.pad(',
+    ("packed groups' time steps misordered", "tempsamp/models/qwen_vl/batching.py", '    batch["completion_mask"] = torch.cat(\n        [torch.nn.functional.pad(',
      '    batch["second_per_grid_ts"] = batch["second_per_grid_ts"].flip(0)\n    batch["completion_mask"] = torch.cat(\n        [torch.nn.functional.pad(',
      ("tests/test_models.py", "packed")),
-    ("packed prompts right-padded", "tempsamp/models/qwen_vl.py", "rows.append(torch.cat([left, value, right], dim=1))",
+    ("packed prompts right-padded", "tempsamp/models/qwen_vl/batching.py", "rows.append(torch.cat([left, value, right], dim=1))",
      "rows.append(torch.cat([value, left, right], dim=1))", ("tests/test_models.py", "packed")),
     ("packed advantages on the wrong group", LOOP, "for i, logp, entropy in zip(f, qwen_vl.split_groups(logp_b, b)",
      "for i, logp, entropy in zip(f[::-1], qwen_vl.split_groups(logp_b, b)", (W, "packed")),

@@ -64,13 +64,12 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
-                          cache_dir=str(work / "frames"))
+                          frame_cache=str(work / "frames"))
     data = Path(synthesize(work / "synth", n=n_videos or size.n_videos, seed=0, **SYNTH_KNOBS))
     train_examples = load_examples(data / "train.jsonl", "jsonl")
     test = load_examples(data / "test.jsonl", "jsonl")[:eval_queries]
     start = ensure_start_model(work / "start-model", data / "train.jsonl", SFTConfig(
-        steps=size.sft_steps, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-        total_pixels=video.total_pixels, frame_cache=video.cache_dir), prebuilt=PREBUILT_START_MODEL)
+        steps=size.sft_steps, **vars(video)), prebuilt=PREBUILT_START_MODEL)
 
     log(f"1/3 difficulty: {DIFFICULTY_SAMPLES} samples per training query with the start model")
     difficulty = work / "curation" / "difficulty.jsonl"
@@ -86,8 +85,7 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     base = TrainConfig(
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
-        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-        total_pixels=video.total_pixels, frame_cache=video.cache_dir, save_every=10**9, keep_last=1,
+        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, **vars(video), save_every=10**9, keep_last=1,
         difficulty_file=str(difficulty), select_n=int(len(train_examples) * SELECT_FRACTION),
         max_generated_tokens=budget, stages=[{"mode": "answer", "steps": 4 * rl_steps}],
     )

@@ -109,7 +109,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
-                          cache_dir=str(work / "frames"))
+                          frame_cache=str(work / "frames"))
 
     log(f"1/5 synthetic benchmark: {size.n_videos} videos of 20 s")
     data = Path(synthesize(work / "synth", n=size.n_videos, seed=0, **SYNTH_KNOBS))
@@ -117,13 +117,11 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, work_dir: st
 
     log(f"2/5 start model: {size.sft_steps} supervised steps on the synthetic training split")
     start = ensure_start_model(work / "start-model", data / "train.jsonl", SFTConfig(
-        steps=size.sft_steps, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-        total_pixels=video.total_pixels, frame_cache=video.cache_dir), prebuilt=PREBUILT_START_MODEL)
+        steps=size.sft_steps, **vars(video)), prebuilt=PREBUILT_START_MODEL)
     base = TrainConfig(
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
-        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, min_pixels=video.min_pixels, max_pixels=video.max_pixels,
-        total_pixels=video.total_pixels, frame_cache=video.cache_dir, save_every=10**9, keep_last=1, threads=threads,
+        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, **vars(video), save_every=10**9, keep_last=1, threads=threads,
     )
     # overwrite: answers made by another model or settings (an older demo's) are replaced, not refused
     eval_kwargs = dict(video=video, max_new_tokens=size.max_new_tokens, progress=False, overwrite=True, say=lambda _: None)

@@ -20,7 +20,7 @@ all of them for ``train``, ``eval`` and ``predict``:
   prompts. The baseline for a zero-shot Qwen2.5-VL-Instruct.
 
 The rotary positions are not a preset: every preset gets the positions the checkpoints learnt
-(tempsamp.models.qwen_vl, "Rotary positions"). docs/evaluation.md tabulates the presets and where
+(tempsamp/models/qwen_vl/positions.py). docs/evaluation.md tabulates the presets and where
 in each peer's code every value comes from.
 """
 

@@ -182,8 +182,8 @@ def tempsamp_side(model_dir, video, spec) -> dict:
 
     model, processor = _load(str(model_dir))
     options = spec["video_options"]
-    video = VideoSettings(**options, frame_sampling="qwen", resize="bicubic",
-                          factor=qwen_vl.frame_factor(processor)).load(video)
+    video = VideoSettings(**options, frame_sampling="qwen", resize="bicubic").load(
+        video, factor=qwen_vl.frame_factor(processor))
     prompt = qwen_vl.build_prompt(processor, spec["question"], video.frames, video.fps,
                                   system_prompt=spec.get("system_prompt"), video_first=not spec.get("text_first"),
                                   source_frames=video.source_frames())

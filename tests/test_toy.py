@@ -1,4 +1,4 @@
-"""The toy (tempsamp/toy.py) in reduced form: the algorithm core on a task without a video model.
+"""The toy (tempsamp/simulation/toy.py) in reduced form: the algorithm core on a task without a video model.
 
 The learning-speed assertion was checked on 20 seeds before being written: after 50 updates every
 GT-guided strategy's held-out greedy mIoU was 0.64-0.79 and plain GRPO's 0.08-0.37 (start: ~0.08).
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tempsamp.advantages import STRATEGIES
-from tempsamp.toy import (
+from tempsamp.simulation.toy import (
     ToyConfig,
     bins_to_seconds,
     gt_bins,

@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,37 +32,12 @@ from tempsamp.errors import UserError
 from tempsamp.prompts import ANSWER, COT, prompt_template
 from tempsamp.rewards import clips_from_windows
 from tempsamp.spans import parse_scored_spans, parse_span, temporal_iou
+from tempsamp.video.sampling import FACTOR
+from tempsamp.video.settings import VideoSettings
 
 MODES = ("answer", "cot", "mixed", "mixed-oracle", "timelens")
 ENGINES = ("transformers", "vllm")
 ORACLE_LABEL = "mixed-oracle (UPPER BOUND: chooses with the ground truth)"
-
-
-@dataclass
-class VideoSettings:
-    fps: float = 2.0
-    max_frames: int = 256
-    min_pixels: int = 16 * 28 * 28
-    max_pixels: int = 256 * 28 * 28
-    total_pixels: int = 3584 * 28 * 28
-    cache_dir: str | None = None
-    frame_sampling: str = "exact"  # exact (frames at k / fps s) | qwen (qwen-vl-utils' count, indices, sizes)
-    resize: str = "area"  # area (swscale) | bicubic (qwen-vl-utils' torchvision filter)
-    input_preset: str = "tempsamp"  # prompt wording and chat layout (tempsamp.presets); its video keys are above
-    factor: int = 28  # frame sides' multiple: the model's patch x merge (qwen_vl.frame_factor), not a user setting
-
-    @property
-    def preset(self):
-        from tempsamp.presets import get_preset
-
-        return get_preset(self.input_preset)
-
-    def load(self, path):
-        from tempsamp.video.cache import sample_frames
-
-        return sample_frames(path, fps=self.fps, max_frames=self.max_frames, min_pixels=self.min_pixels,
-                             max_pixels=self.max_pixels, total_pixels=self.total_pixels, cache_dir=self.cache_dir,
-                             frame_sampling=self.frame_sampling, resize=self.resize, factor=self.factor)
 
 
 def parse_record(answer: str, ids: list[int], logprob: float, task: str) -> dict:
@@ -325,12 +298,7 @@ def model_digest(model_path: str, cache_dir: Path | None = None) -> str:
 def run_settings(model_path: str, digest: str, video: VideoSettings, max_new_tokens: int, temperature: float,
                  engine: str) -> dict:
     """Everything of a run that changes its answers (eval.json); the frame cache and batch size do not."""
-    return {"model": digest, "model_path": str(model_path), "fps": float(video.fps), "max_frames": int(video.max_frames),
-            "min_pixels": int(video.min_pixels), "max_pixels": int(video.max_pixels),
-            "total_pixels": int(video.total_pixels), "frame_sampling": video.frame_sampling,
-            **({"resize": video.resize} if video.resize != "area" else {}),
-            **({"input_preset": video.input_preset} if video.input_preset != "tempsamp" else {}),
-            "max_new_tokens": int(max_new_tokens),
+    return {"model": digest, "model_path": str(model_path), **video.record(), "max_new_tokens": int(max_new_tokens),
             "temperature": float(temperature), "engine": engine}
 
 
@@ -443,7 +411,7 @@ def plan_generations(examples, modes_needed, settings: dict, stored: list[dict],
 
 def run_generations(generator, examples, out_dir: Path, modes_needed, video: VideoSettings, batch_size: int = 1,
                     progress=True, settings: dict | None = None, stored: list[dict] | None = None,
-                    say=print) -> list[dict]:
+                    say=print, factor: int = FACTOR) -> list[dict]:
     """Generate every needed mode for every example, ``batch_size`` queries per generate call.
 
     Returns one dict per example: {mode: answer record}, or {"error": ...} for a video that could
@@ -479,7 +447,7 @@ def run_generations(generator, examples, out_dir: Path, modes_needed, video: Vid
             readable, videos, lines = [], [], []
             for ex in chunk:
                 try:
-                    videos.append(video.load(ex.video_path))
+                    videos.append(video.load(ex.video_path, factor=factor))
                     readable.append(ex)
                 except (FileNotFoundError, VideoDecodeError) as err:
                     error = f"{type(err).__name__}: {err}"
@@ -570,11 +538,12 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
     generator = make_generator(engine, model_path, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
     from tempsamp.models import qwen_vl
 
-    video = dataclasses.replace(video, factor=qwen_vl.frame_factor(generator_processor(generator)))
+    factor = qwen_vl.frame_factor(generator_processor(generator))  # the model's frame sides
     if isinstance(generator, TransformersGenerator):  # (vLLM returns the log-probs with the tokens)
         generator.score = "mixed" in modes  # the only mode that reads the answers' log-probs
     t0 = time.perf_counter()
-    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress, settings, stored, say)
+    records = run_generations(generator, examples, out_dir, needed, video, batch_size, progress, settings, stored, say,
+                              factor=factor)
     seconds = time.perf_counter() - t0
 
     write_queries(out_dir / "queries.jsonl", examples)
@@ -594,10 +563,8 @@ def evaluate(model_path: str, examples: list[Example], out_dir: str | Path, mode
             metrics["chose_cot_fraction"] = (chosen.count(COT) / len(chosen)) if chosen else None
         (out_dir / f"metrics_{mode}.json").write_text(json.dumps(metrics, indent=2))
         results[mode] = metrics
-    setup = {"model": str(model_path), "model_digest": settings["model"], "n_queries": len(examples), "fps": video.fps, "max_frames": video.max_frames,
-             "min_pixels": video.min_pixels, "max_pixels": video.max_pixels, "total_pixels": video.total_pixels,
-             "frame_sampling": video.frame_sampling, "resize": video.resize,
-             "input_preset": video.input_preset, "video_first": video.preset.video_first,
+    setup = {"model": str(model_path), "model_digest": settings["model"], "n_queries": len(examples),
+             **video.block(), "video_first": video.preset.video_first,
              "system_prompt": video.preset.system_prompt or "(the chat template's default)",
              "max_new_tokens": max_new_tokens, "decoding": "greedy" if temperature <= 0 else f"sampling T={temperature}",
              "engine": engine, "batch_size": batch_size,

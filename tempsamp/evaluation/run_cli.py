@@ -6,39 +6,33 @@ import json
 
 from tempsamp.errors import nonnegative_float, positive_float, positive_int
 from tempsamp.evaluation.inference import ENGINES, MODES, ORACLE_LABEL
+from tempsamp.video.settings import VideoSettings
 
 
 # Video and generation settings: taken from the trained run when --model is one (its checkpoint's
 # state.json records the config), else these defaults; a flag given on the command line wins, with
 # a warning when it differs from training. The sampling temperature is not taken: training samples
-# (temperature 1), evaluation is greedy unless --temperature says otherwise.
-DEFAULTS = {"input_preset": "tempsamp", "fps": 2.0, "frame_sampling": "exact", "resize": "area", "max_frames": None,
-            "min_pixels": 16 * 28 * 28, "max_pixels": 256 * 28 * 28, "total_pixels": 3584 * 28 * 28, "max_new_tokens": 256}
+# (temperature 1), evaluation is greedy unless --temperature says otherwise. The video flags and
+# their defaults are the fields of tempsamp.video.settings.VideoSettings; the frame cap's default
+# follows the sampling (None here: 256 with exact sampling, qwen-vl-utils' 768 with qwen).
+VIDEO_KEYS = tuple(f.name for f in VideoSettings.settings() if f.metadata["answers"])
+DEFAULTS = {**VideoSettings().block(), "max_frames": None, "max_new_tokens": 256}
 
 
 def _video_args(p, temperature: bool = True) -> None:
-    d = DEFAULTS
-    from tempsamp.presets import PRESETS
-
-    p.add_argument("--input-preset", choices=list(PRESETS), default=None,
-                   help="what the model is shown, as a released checkpoint's own stack shows it: prompt, text/video "
-                        "order, system prompt, frames and their size (docs/evaluation.md, 'Input presets'); default: "
-                        "the trained run's, else tempsamp")
-    p.add_argument("--resize", choices=["area", "bicubic"], default=None,
-                   help="frame resize filter: area (swscale, default) or bicubic (qwen-vl-utils')")
-    p.add_argument("--fps", type=positive_float, default=None, help=f"default: the trained run's, else {d['fps']}")
-    p.add_argument("--max-frames", type=positive_int, default=None,
-                   help="frame cap (default: the trained run's, else 256 with exact sampling, qwen-vl-utils' 768 with "
-                        "--frame-sampling qwen)")
-    p.add_argument("--frame-sampling", choices=["exact", "qwen"], default=None,
-                   help="exact: frames at k / fps s (default, or the trained run's); qwen: qwen-vl-utils 0.0.14's frame "
-                        "count, indices and sizes (docs/evaluation.md)")
-    p.add_argument("--min-pixels", type=positive_int, default=None, help=f"default: the trained run's, else {d['min_pixels']}")
-    p.add_argument("--max-pixels", type=positive_int, default=None, help=f"default: the trained run's, else {d['max_pixels']}")
-    p.add_argument("--total-pixels", type=positive_int, default=None, help=f"default: the trained run's, else {d['total_pixels']}")
-    p.add_argument("--frame-cache", default=None, help="folder for the on-disk frame cache")
+    """One flag per video setting (--fps, --max-frames, ..., --frame-cache), made from the record;
+    --max-new-tokens, and --temperature unless ``temperature=False``."""
+    for f in VideoSettings.settings():
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        if not meta["answers"]:
+            p.add_argument(flag, default=None, help=meta["help"])
+            continue
+        default = ("256 with exact sampling, qwen-vl-utils' 768 with --frame-sampling qwen" if f.name == "max_frames"
+                   else f.default)
+        kind = {"choices": list(meta["choices"])} if meta["choices"] else {"type": {"int": positive_int, "float": positive_float}[f.type]}
+        p.add_argument(flag, default=None, **kind, help=f"{meta['help']} (default: the trained run's, else {default})")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help=f"default: the trained run's, else {d['max_new_tokens']}")
+                   help=f"default: the trained run's, else {DEFAULTS['max_new_tokens']}")
     if temperature:
         p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples")
 
@@ -171,13 +165,8 @@ def _same_number(a, b) -> bool:
         return False
 
 
-def _video_settings(values: dict, frame_cache):
-    from tempsamp.evaluation.inference import VideoSettings
-
-    return VideoSettings(fps=values["fps"], max_frames=values["max_frames"], min_pixels=values["min_pixels"],
-                         max_pixels=values["max_pixels"], total_pixels=values["total_pixels"], cache_dir=frame_cache,
-                         frame_sampling=values["frame_sampling"], resize=values["resize"],
-                         input_preset=values["input_preset"])
+def _video_settings(values: dict, frame_cache) -> VideoSettings:
+    return VideoSettings(**{key: values[key] for key in VIDEO_KEYS}, frame_cache=frame_cache)
 
 
 def _say(text: str) -> None:
@@ -263,10 +252,9 @@ def run_predict(args) -> int:
     settings = resolve_settings(args, trained, _say)
     from transformers import AutoProcessor
 
-    video_settings = _video_settings(settings, args.frame_cache)
-    video_settings.factor = qwen_vl.frame_factor(AutoProcessor.from_pretrained(model_dir))  # the model's frame sides
+    factor = qwen_vl.frame_factor(AutoProcessor.from_pretrained(model_dir))  # the model's frame sides
     try:
-        video = video_settings.load(args.video)
+        video = _video_settings(settings, args.frame_cache).load(args.video, factor=factor)
     except FileNotFoundError as err:
         raise UserError(f"{err.filename or args.video}: video not found") from None
     except VideoDecodeError as err:

@@ -16,12 +16,17 @@ import yaml
 from tempsamp.advantages import ANCHOR_TIED, STRATEGIES
 from tempsamp.errors import UserError, closest
 from tempsamp.prompts import MODES
+from tempsamp.video.settings import VideoSettings
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(VideoSettings):
+    """The video settings (fps, max_frames, min/max/total_pixels, frame_sampling, resize, input_preset,
+    frame_cache) are declared once, in tempsamp.video.settings.VideoSettings; a recipe writes them as
+    flat keys like every other (``fps: 2.0``)."""
+
     # model
     model: str = "tiny"  # local path or hub id; "tiny" builds the tiny random Qwen2.5-VL offline ("tiny-vllm": head size 32, for vLLM on CPU)
     dtype: str = "auto"  # auto: CPU float32; GPU bf16 compute, float32 master weights unless LoRA (loop.weight_dtype)
@@ -60,24 +65,6 @@ class TrainConfig:
     # a generation budget: the run ends (checkpoint, final model) once its sampled completions hold this
     # many tokens, dropped groups included; 0: no budget. Equal-cost comparisons set it, and stages long enough.
     max_generated_tokens: int = 0
-
-    # video: 2 FPS as in the paper; pixel budget in Qwen-VL's terms (pixels per frame and per clip)
-    fps: float = 2.0
-    max_frames: int = 256
-    min_pixels: int = 16 * 28 * 28
-    max_pixels: int = 256 * 28 * 28
-    total_pixels: int = 3584 * 28 * 28
-    frame_cache: str | None = None
-    # exact: frames at k / fps s (default); qwen: qwen-vl-utils 0.0.14's frame count, indices and sizes
-    # (docs/evaluation.md, "Frame sampling"); with qwen, set max_frames: 768 for qwen-vl-utils' own cap
-    frame_sampling: str = "exact"
-    # area: swscale's area filter (default); bicubic: qwen-vl-utils' torchvision bicubic with antialiasing
-    resize: str = "area"
-    # What the model is shown, as the stack a checkpoint was trained on shows it (tempsamp/presets.py):
-    # tempsamp (the project's own prompt, layout and the video keys above) | timezero | videochat_r1 | qwen.
-    # A preset other than tempsamp fixes prompt wording, text/video order, system prompt and the video keys
-    # (fps, max_frames, min/max/total_pixels, frame_sampling, resize); setting one of those otherwise is refused.
-    input_preset: str = "tempsamp"
 
     # rollout
     num_generations: int = 8  # G: the group size, off-policy row included
@@ -185,11 +172,7 @@ class TrainConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not auto, float32 or bfloat16")
         if self.rollout_engine not in ("transformers", "vllm"):
             raise ValueError(f"rollout_engine: {self.rollout_engine!r} is not transformers or vllm")
-        if self.frame_sampling not in ("exact", "qwen"):
-            raise ValueError(f"frame_sampling: {self.frame_sampling!r} is not exact or qwen")
-        if self.resize not in ("area", "bicubic"):
-            raise ValueError(f"resize: {self.resize!r} is not area or bicubic")
-        self._apply_input_preset()
+        self.validate_video()
         from tempsamp.train.parallel import MODES as DISTRIBUTED
 
         if self.distributed not in DISTRIBUTED:
@@ -243,18 +226,6 @@ class TrainConfig:
             raise ValueError(f"dynamic_sampling_max_rounds: {self.dynamic_sampling_max_rounds} must be >= 0")
         return self
 
-    def _apply_input_preset(self) -> None:
-        """Put the preset's fixed video keys in; a key set to a third value conflicts with the preset."""
-        from tempsamp.presets import get_preset
-
-        preset = get_preset(self.input_preset)
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        for key, value in preset.video.items():
-            if getattr(self, key) not in (value, defaults[key]):
-                raise ValueError(f"{key}: {getattr(self, key)!r} conflicts with input_preset={self.input_preset}, which "
-                                 f"fixes it to {value!r}; drop the key or use input_preset=tempsamp")
-            setattr(self, key, value)
-
     def _check_ranges(self) -> None:
         """Every numeric setting against its range (RANGES): a value outside it is one line naming the key."""
         import math
@@ -289,18 +260,19 @@ def _lt(bound):
     return lambda v: v < bound
 
 
-# The range of every numeric TrainConfig key: (lower test, upper test, the range in words).
-# tests/test_config.py checks that every int and float field is listed here.
+def _video_range(op: str, bound, what: str) -> tuple:
+    return ({">": _gt, ">=": _ge}[op](bound), None, what)
+
+
+# The range of every numeric TrainConfig key: (lower test, upper test, the range in words); the video
+# settings' ranges are declared with them (VideoSettings). tests/test_config.py checks that every int
+# and float field is listed here.
 RANGES = {
+    **{f.name: _video_range(*f.metadata["range"]) for f in VideoSettings.settings() if f.metadata["range"]},
     "lora_r": (_ge(1), None, ">= 1"),
     "lora_alpha": (_gt(0), None, "> 0"),
     "lora_dropout": (_ge(0), _lt(1), "in [0, 1)"),
     "few_shot_fraction": (_gt(0), _le(1), "a fraction in (0, 1] of the training queries"),
-    "fps": (_gt(0), None, "> 0 frames per second"),
-    "max_frames": (_ge(1), None, ">= 1"),
-    "min_pixels": (_ge(1), None, ">= 1"),
-    "max_pixels": (_ge(1), None, ">= 1"),
-    "total_pixels": (_ge(1), None, ">= 1"),
     "num_generations": (_ge(2), None, ">= 2 (a group needs at least 2 completions)"),
     "temperature": (_gt(0), None, "> 0 (training samples; 0 would make every completion of a group the same)"),
     "top_p": (_gt(0), _le(1), "in (0, 1]"),

@@ -623,7 +623,7 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
 
     from tempsamp.train.parallel import Parallel
     from tempsamp.train.rollout_engine import make_engine
-    from tempsamp.video.cache import VideoDecodeError, sample_frames
+    from tempsamp.video.cache import VideoDecodeError
 
     set_threads(cfg.threads)  # before any work: torch's default oversubscribes a shared machine
     parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available(), timeout_s=cfg.collective_timeout_s)
@@ -722,11 +722,7 @@ def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkp
         trim_query_log(out / QUERY_LOG, start)
 
     def load_frames(example):
-        return sample_frames(
-            example.video_path, fps=cfg.fps, max_frames=cfg.max_frames, min_pixels=cfg.min_pixels,
-            max_pixels=cfg.max_pixels, total_pixels=cfg.total_pixels, cache_dir=cfg.frame_cache,
-            frame_sampling=cfg.frame_sampling, resize=cfg.resize, factor=qwen_vl.frame_factor(processor),
-        )
+        return cfg.load(example.video_path, factor=qwen_vl.frame_factor(processor))
 
     def save(done: int) -> None:
         """checkpoint-DONE: every process writes its shards and RNG; the main process the rest, then renames."""

@@ -29,11 +29,12 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tempsamp.models.qwen_vl import POSITION_RULE
 from tempsamp.models.tiny import TinySpec
+from tempsamp.video.settings import VideoSettings
 
 # The demo's start architecture: real Qwen2.5-VL classes, wider and deeper than the test fixture
 # (the fixture only has to run), with the truncated BPE vocabulary so the output layer is cheap on
@@ -46,7 +47,10 @@ START_SPEC = TinySpec(
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(VideoSettings):
+    """The supervised start model's settings; the video ones are tempsamp.video.settings.VideoSettings's
+    (the same sampling the RL and evaluation stages use), with the start model's small frames."""
+
     spec: TinySpec = field(default_factory=lambda: START_SPEC)
     steps: int = 500
     batch_size: int = 8
@@ -55,20 +59,22 @@ class SFTConfig:
     weight_decay: float = 0.0
     cot_fraction: float = 0.25
     seed: int = 0
-    # video: the same sampling the RL and evaluation stages use
-    fps: float = 2.0
-    max_frames: int = 256
+    # the start model's frames: 56 x 56 pixels, 128 frames' worth of pixels per clip
     min_pixels: int = 56 * 56
     max_pixels: int = 56 * 56
     total_pixels: int = 56 * 56 * 128
-    frame_cache: str | None = None
 
     def digest(self, annotations: Path) -> str:
-        payload = {k: v for k, v in asdict(self).items() if k != "frame_cache"}
+        # Video keys the start model's config gained later count only when set: at their default they
+        # leave the digest as it was, so an existing start model (assets/demo-start-model) stays valid.
+        later = {"frame_sampling", "resize", "input_preset"}
+        defaults = {f.name: f.default for f in fields(self)}
+        payload = {k: v for k, v in asdict(self).items()
+                   if k != "frame_cache" and not (k in later and v == defaults[k])}
         payload["spec"] = self.spec.digest()
         payload["data"] = hashlib.sha256(annotations.read_bytes()).hexdigest()
         # The rotary-position rule the model was trained under (a start model built under another
-        # rule answers from other positions: tempsamp.models.qwen_vl, "Rotary positions").
+        # rule answers from other positions: tempsamp/models/qwen_vl/positions.py).
         payload["positions"] = POSITION_RULE
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -82,22 +88,23 @@ def train_sft(model, processor, examples, config: SFTConfig, log_every: int = 50
     import torch
 
     from tempsamp.models import qwen_vl
-    from tempsamp.prompts import ANSWER, COT, build_offpolicy_completion, prompt_text
-    from tempsamp.video.cache import sample_frames
+    from tempsamp.prompts import ANSWER, COT, build_offpolicy_completion
 
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
+    config.validate_video()
+    preset = config.preset  # the prompt as the RL stage will show it
     pad_id = qwen_vl.pad_token_id(processor)
 
     # Every (example, mode) prompt is built once: frames are decoded once, tokenised once.
     items = []
     for ex in examples:
-        video = sample_frames(ex.video_path, fps=config.fps, max_frames=config.max_frames, min_pixels=config.min_pixels,
-                              max_pixels=config.max_pixels, total_pixels=config.total_pixels, cache_dir=config.frame_cache)
+        video = config.load(ex.video_path)
         mode = COT if rng.random() < config.cot_fraction else ANSWER
-        prompt = qwen_vl.build_prompt(processor, prompt_text(ex.query, mode, duration=ex.duration, task=ex.task),
-                                      video.frames, video.fps)
-        target = qwen_vl.completion_ids(processor, build_offpolicy_completion(ex.span, mode))
+        prompt = qwen_vl.build_prompt(processor, preset.prompt(ex.query, mode, duration=ex.duration, task=ex.task),
+                                      video.frames, video.fps, system_prompt=preset.system_prompt,
+                                      video_first=preset.video_first)
+        target = qwen_vl.completion_ids(processor, build_offpolicy_completion(ex.span, mode, decimals=preset.decimals))
         items.append(qwen_vl.group_batch(prompt, [target], pad_id))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
