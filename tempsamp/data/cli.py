@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def _register_difficulty(sub) -> None:
-    from tempsamp.errors import positive_int
+    from tempsamp.errors import nonnegative_int, positive_float, positive_int
     from tempsamp.evaluation.inference import ENGINES
     from tempsamp.evaluation.run_cli import _video_args
 
@@ -47,10 +47,10 @@ def _register_difficulty(sub) -> None:
     p.add_argument("--samples", type=positive_int, default=8, help="answers sampled per query (default 8)")
     p.add_argument("--mode", choices=["answer", "cot", "timelens"], default="answer",
                    help="prompt mode, as in training (default answer; timelens: TimeLens' prompt)")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=positive_float, default=None,
                    help="sampling temperature (default: the trained run's, else 1.0, the training temperature)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="each query's samples are a function of (seed, qid)")
+    p.add_argument("--top-p", type=positive_float, default=1.0, help="nucleus sampling's mass, in (0, 1] (default 1)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="each query's samples are a function of (seed, qid)")
     p.add_argument("--out", required=True, help="the difficulty file (JSONL), resumable")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N queries")
     p.add_argument("--batch-size", type=positive_int, default=4, help="queries per generate call (default 4)")

@@ -103,7 +103,8 @@ def sample_difficulty(model_path: str, examples: list[Example], out: str | Path,
                     prompt = qwen_vl.build_prompt(processor, text, frames.frames, frames.fps, device=model.device)
                     requests.append(RolloutRequest(prompt, frames.frames, frames.fps, text, samples, query_seed(seed, ex.qid)))
                     readable.append(ex)
-                for ex, (ids, texts) in zip(readable, sampler.sample_batch(requests) if requests else []):
+                for ex, sampled in zip(readable, sampler.sample_batch(requests) if requests else []):
+                    ids, texts = sampled[0], sampled[1]  # (vLLM also returns its log-probs)
                     ious = np.nan_to_num(np.asarray(score_group(ex, list(texts), False).iou, dtype=float), nan=0.0)
                     answers = [{"text": t, "span": _span(t, ex.task), "tokens": len(i)} for t, i in zip(texts, ids)]
                     lines.append({"qid": ex.qid, "mode": mode, "made": made_by(settings, ex, mode), "answers": answers,

@@ -52,7 +52,9 @@ def run_train(args) -> int:
         raise UserError("--overwrite and --resume contradict each other: --resume continues the run in output_dir, "
                         "--overwrite replaces it; give one")
     under_launcher = "LOCAL_RANK" in os.environ
-    if cfg.model not in ("tiny", "tiny-vllm"):  # say at once, before any process or video is opened
+    from tempsamp.models.tiny import NAMED_SPECS
+
+    if cfg.model not in NAMED_SPECS:  # say at once, before any process or video is opened
         from tempsamp.evaluation.run_cli import check_model_folder
 
         check_model_folder(cfg.model, "model=")
