@@ -305,7 +305,7 @@ def test_vllm_video_payload_carries_the_sampling_metadata():
     frames = np.zeros((6, 28, 28, 3), np.uint8)
     (video, metadata), kwargs = video_payload("qwen2_5_vl", frames, 2.0)
     assert video is frames or np.shares_memory(video, frames)
-    assert kwargs == {"fps": 2.0, "do_sample_frames": False}
+    assert kwargs == {"fps": 2.0, "do_sample_frames": False, "do_resize": False}  # frames as sampled
     assert metadata["frames_indices"] == list(range(6)) and metadata["fps"] == 2.0 and metadata["duration"] == 3.0
     (video, metadata), kwargs = video_payload("qwen3_vl", frames, 0.5)
     assert metadata["frames_indices"] == list(range(6)) and metadata["fps"] == 0.5 and metadata["duration"] == 12.0
