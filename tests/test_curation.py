@@ -214,7 +214,7 @@ def test_dynamic_sampling_keeps_groups_with_signal(demo_data, tmp_path):
     log = lines(out / "queries.jsonl")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for line, m in zip(log, metrics):
-        assert 1 <= len(line["trained"]) <= 2
+        assert 0 < len(line["trained"]) <= 2
         assert m["dynamic/dropped_groups"] == len(line["dropped_tied"])
         assert m["groups"] == len(line["trained"])
     # under plain GRPO a kept group (not tied) has a non-zero advantage somewhere
