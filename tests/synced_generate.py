@@ -2,6 +2,7 @@
 weights with process 0 decoding 2 tokens and process 1 decoding 6, first in step (synced_gpus, what
 the trainer does), then without (each forward being a collective, they must fall out of step)."""
 
+import os
 import sys
 import time
 
@@ -25,4 +26,7 @@ for synced in (True, False):
         result = f"lengths {[len(ids) for ids in out.ids]}"
     except RuntimeError as err:
         result = f"failed: {str(err)[:80]}"
-    print(f"rank {parallel.rank} synced={synced}: {result}", flush=True)
+    # one write of the whole line: two processes share the pipe, and print() may write the text and
+    # its newline separately (unbuffered stdout), which interleaves their lines
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"rank {parallel.rank} synced={synced}: {result}\n".encode())
