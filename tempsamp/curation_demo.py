@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tempsamp.demo import FRAME_PIXELS, FULL, METRICS, PREBUILT_START_MODEL, RL_LEARNING_RATE, SYNTH_KNOBS, log, metric_key, settings_digest
+from tempsamp.demo import DEMO_THREADS, FRAME_PIXELS, FULL, METRICS, PREBUILT_START_MODEL, RL_LEARNING_RATE, SYNTH_KNOBS, log, metric_key, settings_digest
 
-TEMPSAMP_STRATEGY = "anchor"  # the demo's best GT-guided strategy (README, "The demo": 53.0 mIoU)
+TEMPSAMP_STRATEGY = "anchor"  # the demo's best single off-policy strategy in its measured table (README, "The demo")
 DIFFICULTY_SAMPLES = 4
 SELECT_FRACTION = 0.5  # the selected subset: half the training queries, spread evenly over 10 bins of mean IoU
 PAIRS = (("grpo+dynamic", "grpo"), ("grpo+selected", "grpo"), ("tempsamp", "grpo"), ("tempsamp+selected", "grpo"),
@@ -45,7 +45,7 @@ def arms(tempsamp_strategy: str) -> dict[str, dict]:
 
 def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds: int = 3, rl_steps: int | None = None,
                       eval_queries: int | None = None, tempsamp_strategy: str = TEMPSAMP_STRATEGY,
-                      n_videos: int | None = None) -> Path:
+                      n_videos: int | None = None, threads: int = DEMO_THREADS) -> Path:
     from tempsamp.data.difficulty import sample_difficulty, summary
     from tempsamp.data.readers import load_examples
     from tempsamp.data.synth import synthesize
@@ -56,6 +56,7 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     from tempsamp.train.logger import read_metrics
     from tempsamp.train.loop import train
     from tempsamp.train.sft import SFTConfig, ensure_start_model
+    from tempsamp.threads import set_threads
 
     size = FULL
     rl_steps = rl_steps or size.rl_steps
@@ -63,6 +64,7 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     out, work = Path(out_dir), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    threads = set_threads(threads)
     video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
                           frame_cache=str(work / "frames"))
     data = Path(synthesize(work / "synth", n=n_videos or size.n_videos, seed=0, **SYNTH_KNOBS))
@@ -85,7 +87,7 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     base = TrainConfig(
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
-        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, **vars(video), save_every=10**9, keep_last=1,
+        learning_rate=RL_LEARNING_RATE, beta=0.0, temperature=1.0, **vars(video), save_every=10**9, keep_last=1, threads=threads,
         difficulty_file=str(difficulty), select_n=int(len(train_examples) * SELECT_FRACTION),
         max_generated_tokens=budget, stages=[{"mode": "answer", "steps": 4 * rl_steps}],
     )

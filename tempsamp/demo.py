@@ -386,7 +386,7 @@ def _run(args) -> int:
     if args.compare_curation:
         from tempsamp.curation_demo import run_curation_demo
 
-        run_curation_demo(args.out if args.out != "demo-out" else "demo-curation-out", args.work_dir)
+        run_curation_demo(args.out if args.out != "demo-out" else "demo-curation-out", args.work_dir, threads=args.threads)
         return 0
     run_demo(args.out, args.quick, args.work_dir, threads=args.threads)
     return 0
