@@ -107,7 +107,7 @@ MUTATIONS = [
     ("LUFFY setting not passed", LOOP, "offpolicy_loss=cfg.offpolicy_loss,", 'offpolicy_loss="ratio",', (W, "offpolicy_loss_settings")),
     ("aggregation not passed", LOOP, "aggregation=cfg.aggregation, normalizer", 'aggregation="token_mean", normalizer', (W, "normaliser")),
     ("logged KL includes the GT row", LOOP, "log.kl.append(stats.kl)\n", "log.kl.append(stats.kl_offpolicy or stats.kl)\n", (W, "logged_kl")),
-    ("zero-GT fraction over on-policy rows", LOOP, "float((adv[off] == 0).mean())", "float((adv[on] == 0).mean())", (W, "step_scalars")),
+    ("zero-GT fraction over on-policy rows", "tempsamp/train/bookkeeping.py", "float((adv[off] == 0).mean())", "float((adv[on] == 0).mean())", (W, "step_scalars")),
     ("packed groups' time steps misordered", "tempsamp/models/qwen_vl/batching.py", '    batch["completion_mask"] = torch.cat(\n        [torch.nn.functional.pad(',
      '    batch["second_per_grid_ts"] = batch["second_per_grid_ts"].flip(0)\n    batch["completion_mask"] = torch.cat(\n        [torch.nn.functional.pad(',
      ("tests/test_models.py", "packed")),
@@ -120,7 +120,7 @@ MUTATIONS = [
      "if False:", (W, "refused")),
     ("paper recipes back to token mean", "tempsamp/recipes/charades_tempsamp.yaml", "aggregation: sequence_mean\n", "", (W, "recipes")),
     # ---- the recipe loop itself (slow: one tiny training run)
-    ("stage mode not passed to rollout", LOOP, 'examples[index], stage["mode"], sample_seed', 'examples[index], "answer", sample_seed',
+    ("stage mode not passed to rollout", LOOP, "examples[index], mode, sample_seed", 'examples[index], "answer", sample_seed',
      ("tests/test_train.py", "stages_reach")),
 ]
 

@@ -1,6 +1,9 @@
 """The TempSamp-R1 training recipe: rollout -> append the GT -> score -> advantages -> loss -> step.
 
-One readable function, ``train(cfg)``. Every algorithmic piece is a call into the library
+``train(cfg)`` is set-up (tempsamp.train.setup: processes, data, policy, reference, rollout
+engine, resume), then ``training_step`` once per step, each followed by its bookkeeping
+(tempsamp.train.bookkeeping: faults, skip and stop decisions, loss spikes, logs, checkpoints).
+``training_step`` is the paper's recipe. Every algorithmic piece is a call into the library
 (tempsamp.advantages, tempsamp.loss, tempsamp.prompts); everything Qwen-specific is a call into the
 model adapter (tempsamp.models.qwen_vl); how the model is spread over processes (``distributed``:
 DDP, FSDP2, DeepSpeed ZeRO) is a call into tempsamp.train.parallel. The same code runs on a CPU
@@ -25,11 +28,8 @@ only, so the step is exactly what one process computes on the same usable groups
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,24 +37,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tempsamp.advantages import group_advantages, shape_rewards
+from tempsamp.advantages import group_advantages
 from tempsamp.loss import Mismatch, grpo_loss, logprob_mismatch, truncated_is_weights
 from tempsamp.models import qwen_vl
 from tempsamp.presets import get_preset
 from tempsamp.prompts import COT, build_offpolicy_completion, prompt_text
-from tempsamp.errors import RunStopped, UserError
-from tempsamp.train import guards, runlock
-from tempsamp.train.checkpoint import (
-    begin_checkpoint, checkpoints, commit_checkpoint, export_model, latest_checkpoint, load_checkpoint, load_model_weights,
-    save_rng,
-)
+from tempsamp.train.bookkeeping import Bookkeeping, Counters
 from tempsamp.train.config import TrainConfig
-from tempsamp.train.logger import RunLogger
 from tempsamp.train.rollout_engine import RolloutRequest
-from tempsamp.train.schedule import QueryStream, sample_seed, shard
-from tempsamp.threads import set_threads
+from tempsamp.train.schedule import sample_seed, shard
 from tempsamp.train.scoring import gt_clip_arrays, score_group
+from tempsamp.train.setup import Run, push_weights, set_up
 
+# Importable from here as before the set-up and the bookkeeping got their own modules.
+from tempsamp.train.bookkeeping import SPEED_KEYS, mismatch_scalars, step_scalars  # noqa: F401
+from tempsamp.train.setup import check_resume_config, resolve_model_path, weight_dtype  # noqa: F401
 
 @dataclass
 class Group:
@@ -74,59 +71,180 @@ class Group:
     sampler_logprobs: list = field(default_factory=list)
 
 
-@dataclass
-class Counters:
-    """Faults and totals carried across resumes (saved in state.json).
+# ---------------------------------------------------------------- the recipe
 
-    Each process counts its own step's faults in a fresh Counters; they are summed over processes
-    (``add``) into the run's totals, which are therefore the same on every process.
+
+def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, require_checkpoint: bool = False) -> Path:
+    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests).
+
+    resume: continue from the newest intact checkpoint (damaged newer ones are named and passed
+    over); with ``require_checkpoint`` a missing one is a UserError instead of a fresh start.
+    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps,
+    and (one line naming the step and the processes) when a collective waited longer than
+    ``collective_timeout_s`` for a stalled or dead process.
     """
+    from tempsamp.train.parallel import collective_failure
 
-    bad_videos: int = 0
-    nan_rewards: int = 0
-    empty_completions: int = 0
-    parse_failures: int = 0
-    skipped_steps: int = 0
-    skipped_no_video: int = 0  # the two causes of skipped_steps
-    skipped_non_finite: int = 0
-    generated_tokens: int = 0  # sampled completion tokens so far, dropped groups included (max_generated_tokens)
-    loss_spikes: int = 0
-    losses: list = field(default_factory=list)  # recent losses, for spike detection
-
-    FAULTS = ("bad_videos", "nan_rewards", "empty_completions", "parse_failures")
-
-    def add(self, step_faults: list[dict]) -> None:
-        for faults in step_faults:
-            for name in self.FAULTS:
-                setattr(self, name, getattr(self, name) + faults[name])
-
-    def faults(self) -> dict:
-        return {name: getattr(self, name) for name in self.FAULTS}
+    try:
+        run = set_up(cfg, resume, require_checkpoint)  # processes, data, policy, reference, rollout engine, resume
+        book = Bookkeeping(run, max_steps)  # the run's records, totals, stop and checkpoint decisions
+        for step in book.steps():
+            result = training_step(run, step)
+            if book.after_step(step, result):
+                break
+        return book.finish()
+    except RuntimeError as err:
+        stopped = collective_failure(err, cfg.output_dir)
+        if stopped is None:
+            raise
+        raise stopped from None
 
 
-# ---------------------------------------------------------------- set-up
+def training_step(run: Run, step: int) -> StepResult:
+    """rollout -> append the GT -> score -> advantages -> loss -> step, on this process's groups."""
+    cfg, parallel = run.cfg, run.parallel
+    started, lr, mode = time.perf_counter(), lr_at(cfg, step), cfg.stage_at(step)["mode"]
+    parallel.set_lr(lr)
+    parallel.heartbeat(step, "data")
+    _stall_for_tests(parallel, step)
+
+    # 1. rollout: per query G-1 samples (G for plain GRPO) and the GT written as a completion;
+    #    whole groups on this process, each seeded by (seed, step, slot)
+    run.model.eval()
+    rollouts = sample_groups(run, step, mode)
+    if cfg.dynamic_sampling:
+        drop_tied_groups(run, step, mode, rollouts)
+    result = StepResult(rollouts, parallel.gather_object(len(rollouts.groups)), started, lr, mode == COT, cfg.num_generations)
+    if result.skipped:  # no usable video on any process: all skip the step together
+        return result
+
+    # 2. rewards, 3. advantages (on whole groups: each group lives on one process)
+    parallel.heartbeat(step, "update")
+    if rollouts.groups:
+        result.task, fmt, off, result.scores = score(cfg, rollouts.groups, result.cot, rollouts.faults)
+        result.adv = advantages(cfg, result.task, fmt, off)
+
+    # 4. clipped loss with beta * KL to the reference, and the optimizer step
+    run.model.train()
+    run.engine.sleep()  # vLLM on a GPU frees its memory meanwhile
+    result.update_log, result.applied = update(cfg, run.model, run.ref_model, rollouts.groups, result.adv, parallel,
+                                               run.pad_id, filler=rollouts.filler)
+    # 5. the sampler gets the new weights
+    result.update_log.seconds["push"] = sync_sampler(run, result.applied)
+    return result
 
 
-def load_training_examples(cfg: TrainConfig, say=print):
-    from tempsamp.data.readers import load_examples
-    from tempsamp.data.splits import few_shot
+@dataclass
+class Rollouts:
+    """One process's sampled groups in a step, and what sampling them met."""
 
-    files = cfg.train_annotations if isinstance(cfg.train_annotations, list) else [cfg.train_annotations]
-    examples = []
-    for path in files:
-        found = load_examples(path, cfg.dataset, durations=cfg.durations, videos=cfg.videos, lenient=cfg.lenient_annotations)
-        if not found:
-            raise UserError(f"{path}: no queries in the annotation file (train_annotations)")
-        examples += found
-    if cfg.few_shot_fraction < 1.0:
-        examples = few_shot(examples, cfg.few_shot_fraction, seed=cfg.seed)
-    if cfg.select != "all":
-        from tempsamp.data.difficulty import read_difficulty
-        from tempsamp.data.selection import select_examples
+    slot_index: dict  # slot -> example index: the step's queries, the same on every process
+    skipped: list  # example indices the online filter passed over
+    groups: list = field(default_factory=list)
+    slots: list = field(default_factory=list)
+    # the first group this process sampled (real, or a blank stand-in): the forwards it runs beyond
+    # its own groups carry it, at weight 0
+    filler: Group | None = None
+    faults: Counters = field(default_factory=Counters)  # this process's faults in this step
+    events: list = field(default_factory=list)
+    data_seconds: float = 0.0
+    rollout_seconds: float = 0.0
+    dynamic: dict = field(default_factory=lambda: {"dropped": [], "rounds": 0, "dropped_tokens": 0})
 
-        examples = select_examples(examples, read_difficulty(cfg.difficulty_file), cfg.select, cfg.select_n,
-                                   bins=cfg.select_bins, mu=cfg.select_mu, sigma=cfg.select_sigma, seed=cfg.seed, say=say)
-    return examples
+
+@dataclass
+class StepResult:
+    """What a step did on this process; the bookkeeping gathers it from every process."""
+
+    rollouts: Rollouts
+    group_counts: list  # usable groups per process (gathered)
+    started: float
+    lr: float
+    cot: bool
+    num_generations: int
+    task: torch.Tensor | None = None
+    scores: list = field(default_factory=list)
+    adv: list | torch.Tensor = field(default_factory=list)
+    update_log: UpdateLog | None = None
+    applied: bool = False
+
+    @property
+    def skipped(self) -> bool:
+        return max(self.group_counts) == 0
+
+
+def sample_groups(run: Run, step: int, mode: str) -> Rollouts:
+    """The step's queries from the data order (the online filter passes over some), this process's
+    share sampled."""
+    taken, skipped = run.stream.take(run.cfg.queries_per_step, run.filter_skip)
+    rollouts = Rollouts(slot_index=dict(enumerate(taken)), skipped=skipped)
+    mine = shard(list(rollouts.slot_index.items()), run.parallel.rank, run.parallel.world)
+    sample_slots(run, step, mode, rollouts, mine)
+    return rollouts
+
+
+def sample_slots(run: Run, step: int, mode: str, rollouts: Rollouts, mine: list) -> None:
+    """Sample this process's (slot, example index) pairs into ``rollouts``, each group with its GT row.
+
+    Every process makes ONE generate call per call of this, a process without a usable query
+    on a blank stand-in (weight 0), so sharded weights stay in step (ZeRO-3 gathers the policy
+    around transformers' generate; vLLM samples from its own copy: nothing to gather)."""
+    from tempsamp.video.cache import VideoDecodeError
+
+    cfg, parallel, examples = run.cfg, run.parallel, run.examples
+    t_start = time.perf_counter()
+    requests, chosen, chosen_slots = [], [], []
+    for slot, index in mine:  # data: frames and prompts
+        try:
+            requests.append(prepare_query(cfg, run.processor, parallel.device, examples[index], mode, sample_seed(cfg.seed, step, slot), run.load_frames))
+            chosen.append(examples[index])
+            chosen_slots.append(slot)
+        except (FileNotFoundError, VideoDecodeError) as err:
+            rollouts.faults.bad_videos += 1
+            rollouts.events.append(("bad_video", str(err)))
+    t_prepared = time.perf_counter()
+    parallel.heartbeat(step, "rollout")
+    blank = [] if requests else [blank_request(cfg, run.processor, parallel.device, mode)]
+    gather = parallel.generation() if cfg.rollout_engine == "transformers" else contextlib.nullcontext()
+    # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
+    with torch.no_grad(), parallel.autocast(), gather:
+        made = rollout_step(cfg, run.engine, run.processor, chosen or [None], requests or blank, mode)
+    if rollouts.filler is None:
+        rollouts.filler = made[0]
+    rollouts.groups += made[:len(requests)]
+    rollouts.slots += chosen_slots
+    rollouts.data_seconds += t_prepared - t_start
+    rollouts.rollout_seconds += time.perf_counter() - t_prepared
+
+
+def drop_tied_groups(run: Run, step: int, mode: str, rollouts: Rollouts) -> None:
+    """Dynamic sampling (DAPO): a group whose on-policy rewards all tie is dropped and refilled from
+    the next queries, at most ``dynamic_sampling_max_rounds`` rounds. Decided on every process's
+    gathered tie flags, so all take the same refills in step."""
+    cfg, parallel, cot = run.cfg, run.parallel, mode == COT
+    for round_ in range(cfg.dynamic_sampling_max_rounds + 1):
+        ties = parallel.gather_object([(slot, onpolicy_tied(cfg, g, cot)) for slot, g in zip(rollouts.slots, rollouts.groups)])
+        kept = sorted(slot for rank_ties in ties for slot, tied in rank_ties if not tied)
+        missing = cfg.queries_per_step - len(kept)
+        if missing <= 0 or round_ == cfg.dynamic_sampling_max_rounds:
+            break
+        more, more_skipped = run.stream.take(missing, run.filter_skip)
+        rollouts.skipped += more_skipped
+        first = max(rollouts.slot_index) + 1
+        new = {first + i: index for i, index in enumerate(more)}
+        rollouts.slot_index.update(new)
+        owners = refill_owners(ties, kept, list(new))
+        sample_slots(run, step, mode, rollouts, [(k, v) for k, v in new.items() if owners[k] == parallel.rank])
+        rollouts.dynamic["rounds"] += 1
+    keep = set(kept)
+    for rank_ties in ties:  # a process left with none keeps its first tied group (it trains like 1 process)
+        if rank_ties and not any(slot in keep for slot, _ in rank_ties):
+            keep.add(min(slot for slot, _ in rank_ties))
+    dropped = [g for g, slot in zip(rollouts.groups, rollouts.slots) if slot not in keep]
+    rollouts.dynamic["dropped"] = [slot for slot in rollouts.slots if slot not in keep]
+    rollouts.dynamic["dropped_tokens"] = sum(g.generated_tokens for g in dropped)
+    rollouts.groups, rollouts.slots = ([g for g, slot in zip(rollouts.groups, rollouts.slots) if slot in keep],
+                                       [slot for slot in rollouts.slots if slot in keep])
 
 
 def refill_owners(ties: list[list], kept: list[int], new_slots: list[int]) -> dict[int, int]:
@@ -155,15 +273,25 @@ def onpolicy_tied(cfg, group: Group, cot: bool) -> bool:
     return bool(len(rewards) and np.ptp(rewards) == 0.0)
 
 
-def resolve_model_path(name: str) -> str:
-    from tempsamp.models.tiny import NAMED_SPECS, ensure_tiny_model
+def sync_sampler(run: Run, applied: bool) -> float:
+    """The rollout engine gets the updated weights (gathered one module at a time under FSDP2 /
+    ZeRO-3: every process takes part; a no-op for transformers, which samples with the policy
+    itself) and wakes if it slept. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    if (applied and not run.skip_push) or run.cfg.vllm_sleep_level == 2 and getattr(run.engine, "asleep", False):
+        push_weights(run.engine, run.parallel, run.cfg)
+    run.engine.wake_up()
+    return time.perf_counter() - t0
 
-    if name in NAMED_SPECS:  # "tiny", or "tiny-vllm" (head size 32, for vLLM's CPU attention)
-        return str(ensure_tiny_model(spec=NAMED_SPECS[name]))
-    from tempsamp.evaluation.run_cli import check_model_folder
 
-    check_model_folder(name, "model=")
-    return name
+def _stall_for_tests(parallel, step: int) -> None:
+    """TEMPSAMP_TEST_STALL=RANK:STEP:SECONDS makes process RANK sleep in the data phase of STEP
+    (1-based): how the tests stall one process to check the watchdog. Not a setting."""
+    spec = os.environ.get("TEMPSAMP_TEST_STALL")
+    if spec:
+        rank, at, seconds = spec.split(":")
+        if int(rank) == parallel.rank and int(at) == step + 1:
+            time.sleep(float(seconds))
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -432,14 +560,6 @@ class UpdateLog:
     seconds: dict = field(default_factory=lambda: {"reference": 0.0, "policy": 0.0, "optimizer": 0.0, "push": 0.0})
 
 
-def push_weights(engine, parallel, cfg) -> None:
-    """The policy's current weights into the rollout engine (a no-op for transformers). Collective.
-
-    Every weight goes, a frozen vision tower's too (8 % of a 7B model): vLLM warns about each layer
-    a reload leaves out, and after sleep level 2 the engine holds no weights at all."""
-    engine.push_weights(parallel.policy, weights=parallel.full_weights())
-
-
 def reference_logprobs(ref_model, model, batch, temperature: float = 1.0):
     """pi_ref at the sampling temperature: a frozen copy for full fine-tuning; the same model with the adapter off for LoRA."""
     if ref_model is not None:
@@ -453,553 +573,3 @@ def qwen_vl_peft(model):
     return getattr(model, "module", model)
 
 
-# ---------------------------------------------------------------- what one process reports for a step
-
-
-def group_logs(slots, groups: list[Group], task, fmt_scores, scores, adv) -> list[dict]:
-    """Per group: what the logs need, as plain lists (cheap to gather across processes)."""
-    out = []
-    for i, (slot, g) in enumerate(zip(slots, groups)):
-        out.append({
-            "slot": slot,
-            "offpolicy": list(g.offpolicy),
-            "task": task[i].tolist(),
-            "format": fmt_scores[i].tolist(),
-            "parsed": scores[i].parsed.tolist(),
-            "iou": np.asarray(scores[i].iou, dtype=float).tolist(),
-            "adv": adv[i].tolist(),
-            "lengths": [len(ids) for ids in g.completion_ids],
-            "generated_tokens": g.generated_tokens,
-        })
-    return out
-
-
-def step_scalars(cfg, reports: list[dict], cot: bool) -> dict:
-    """The step's logged scalars from every process's report; each group counted once, in slot order.
-
-    On-policy averages exclude the GT row (its reward is ``reward/offpolicy``).
-    """
-    groups = sorted((g for r in reports for g in r["groups"]), key=lambda g: g["slot"])
-    on = np.array([not o for g in groups for o in g["offpolicy"]])
-    off = ~on
-    task = np.array([v for g in groups for v in g["task"]])
-    iou = np.array([v for g in groups for v in g["iou"]])
-    adv = np.array([v for g in groups for v in g["adv"]])
-    fmt = np.array([v for g in groups for v in g["format"]])
-    parsed = np.array([v for g in groups for v in g["parsed"]], dtype=bool)
-    lengths = np.array([v for g in groups for v in g["lengths"]])
-    top1 = [max(i for i, o in zip(g["iou"], g["offpolicy"]) if not o) for g in groups if not all(g["offpolicy"])]
-    rollout_seconds = max(r["rollout_seconds"] for r in reports)  # processes sample in parallel
-    generated = sum(g["generated_tokens"] for g in groups)
-
-    def mean(values):
-        values = [v for r in reports for v in values(r)]
-        return float(np.mean(values)) if values else None
-
-    losses = [r["update"].losses for r in reports]
-    passes = min(len(x) for x in losses)
-    return {
-        "reward/raw": float(task[on].mean()) if on.any() else None,
-        "reward/shaped": float(shape_rewards(torch.tensor(task[on]), cfg.tau, cfg.alpha1, cfg.alpha2).mean()) if on.any() else None,
-        "reward/offpolicy": float(task[off].mean()) if off.any() else None,
-        "iou/top1_onpolicy": float(np.mean(top1)) if top1 else None,
-        "iou/mean_onpolicy": float(iou[on].mean()) if on.any() else None,
-        "adv/offpolicy": float(adv[off].mean()) if off.any() else None,
-        "adv/frac_onpolicy_negative": float((adv[on] < 0).mean()) if on.any() else None,
-        # groups whose GT row teaches nothing (anchoring's tied groups, tied groups under any strategy)
-        "adv/frac_offpolicy_zero": float((adv[off] == 0).mean()) if off.any() else None,
-        "format/rate": float(fmt[on].mean()) if cot and on.any() else None,
-        "parse/failure_rate": float(1 - parsed[on].mean()) if on.any() else None,
-        "loss/value": float(np.mean([sum(x[k] for x in losses) for k in range(passes)])) if passes else None,
-        "loss/kl": mean(lambda r: r["update"].kl),  # on-policy rows only
-        "loss/kl_offpolicy": mean(lambda r: r["update"].kl_offpolicy),
-        "loss/clip_fraction": mean(lambda r: r["update"].clip_fraction),
-        "policy/entropy": mean(lambda r: r["update"].entropy),
-        **mismatch_scalars([r["update"].mismatch for r in reports]),
-        "completion/length": float(lengths[on].mean()) if on.any() else 0.0,
-        "speed/rollout_seconds": rollout_seconds,
-        "speed/tokens_per_second": generated / max(rollout_seconds, 1e-9),
-        # the slowest process's time per phase (they wait for each other at the gradient exchange)
-        "speed/data_seconds": max(r.get("data_seconds", 0.0) for r in reports),
-        **{f"speed/{phase}_seconds": max(r["update"].seconds[phase] for r in reports)
-           for phase in ("reference", "policy", "optimizer", "push")},
-        "groups": float(len(groups)),
-    }
-
-
-def mismatch_scalars(parts: list[Mismatch]) -> dict:
-    """The sampler/learner log-prob mismatch over every process's on-policy completion tokens (absent:
-    the engine gave no log-probs, i.e. transformers, which samples with the policy itself)."""
-    total = Mismatch()
-    for part in parts:
-        total = total.add(part)
-    if not total.tokens:
-        return {}
-    return {"rollout/logprob_abs_diff": total.abs_sum / total.tokens, "rollout/logprob_abs_diff_max": total.max,
-            "rollout/logprob_diff_frac_gt_0.1": total.over_0_1 / total.tokens}
-
-
-def weight_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
-    """The dtype the policy's weights are loaded in.
-
-    ``auto``: float32 on a CPU. On a GPU, bfloat16 for LoRA (the base is frozen; peft keeps the
-    adapters in float32) and float32 master weights for full fine-tuning, with the compute in
-    bfloat16 (autocast under DDP, FSDP's mixed-precision policy): an AdamW update of ~lr = 1e-6 on
-    a weight of ~1e-2 is far below bfloat16's resolution (2^-8 relative), so pure-bf16 weights
-    would not move. DeepSpeed keeps float32 master weights itself and is given bfloat16 weights.
-    """
-    if cfg.dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    if device_type != "cuda":
-        return torch.float32
-    if cfg.lora or cfg.distributed.startswith("zero"):
-        return torch.bfloat16
-    return torch.float32
-
-
-def peak_memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-# ---------------------------------------------------------------- the recipe
-
-
-# Settings a resumed run may change: they decide what is written (or how long a collective may wait, or
-# how many threads compute), not what is computed.
-RESUME_MAY_CHANGE = ("save_every", "keep_last", "log_every", "collective_timeout_s", "threads")
-
-
-def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a run under other settings: it would silently mix two experiments."""
-    import json
-
-    saved = json.loads((Path(checkpoint) / "state.json").read_text()).get("config")
-    if saved is None:
-        return  # written before configs were stored
-    current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
-    # a key added since the run was written (e.g. frame_sampling) held its default then
-    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
-    changed = sorted(k for k in set(saved) | set(current) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
-        raise ValueError(f"--resume: {checkpoint} was written with other settings ({details}). "
-                         "Resume with the same settings, or use a new output_dir.")
-
-
-def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, require_checkpoint: bool = False) -> Path:
-    """Run (or resume) training; returns the output directory. ``max_steps`` stops early (tests).
-
-    resume: continue from the newest intact checkpoint (damaged newer ones are named and passed
-    over); with ``require_checkpoint`` a missing one is a UserError instead of a fresh start.
-    Raises RunStopped (after writing a checkpoint) on SIGTERM / Ctrl-C or too many skipped steps,
-    and (one line naming the step and the processes) when a collective waited longer than
-    ``collective_timeout_s`` for a stalled or dead process.
-    """
-    from tempsamp.train.parallel import collective_failure
-
-    try:
-        return _train(cfg, resume, max_steps, require_checkpoint)
-    except RuntimeError as err:
-        stopped = collective_failure(err, cfg.output_dir)
-        if stopped is None:
-            raise
-        raise stopped from None
-
-
-def _stall_for_tests(parallel, step: int) -> None:
-    """TEMPSAMP_TEST_STALL=RANK:STEP:SECONDS makes process RANK sleep in the data phase of STEP
-    (1-based): how the tests stall one process to check the watchdog. Not a setting."""
-    spec = os.environ.get("TEMPSAMP_TEST_STALL")
-    if spec:
-        rank, at, seconds = spec.split(":")
-        if int(rank) == parallel.rank and int(at) == step + 1:
-            time.sleep(float(seconds))
-
-
-def _train(cfg: TrainConfig, resume: bool, max_steps: int | None, require_checkpoint: bool) -> Path:
-    from tqdm import tqdm
-
-    from tempsamp.train.parallel import Parallel
-    from tempsamp.train.rollout_engine import make_engine
-    from tempsamp.video.cache import VideoDecodeError
-
-    set_threads(cfg.threads)  # before any work: torch's default oversubscribes a shared machine
-    parallel = Parallel(cfg.distributed, bf16=cfg.dtype == "auto" and torch.cuda.is_available(), timeout_s=cfg.collective_timeout_s)
-    gather_object = parallel.gather_object
-    out = Path(cfg.output_dir)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-
-    examples = load_training_examples(cfg, say=parallel.print)
-    guards.preflight_videos(examples, cfg, parallel.print)
-    if parallel.is_main:
-        from tempsamp.errors import ensure_output_dir
-
-        ensure_output_dir(out, "output_dir")
-        runlock.acquire(out, parallel.print)  # one run per output_dir (the CLI holds it already)
-    model_path = resolve_model_path(cfg.model)
-    # Loaded on the CPU: FSDP and DeepSpeed move each shard to its device as they wrap the model,
-    # so no GPU ever holds a whole float32 copy (DDP moves the model in Parallel.prepare).
-    model, processor = qwen_vl.load_policy(model_path, dtype=weight_dtype(cfg, parallel.device.type), device="cpu")
-    pad_id = qwen_vl.pad_token_id(processor)
-    if cfg.freeze_vision:
-        qwen_vl.freeze_vision_tower(model)
-    ref_model = None
-    if cfg.lora:
-        model = qwen_vl.apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, freeze_vision=cfg.freeze_vision)
-    elif cfg.beta:  # copied before sharding: a copy of a ZeRO-3-partitioned model has empty weights
-        ref_model = copy.deepcopy(model)
-    if cfg.gradient_checkpointing:
-        qwen_vl.enable_gradient_checkpointing(model)
-
-    def make_optimizer(params):
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-    model = parallel.prepare(model, make_optimizer, max_grad_norm=cfg.max_grad_norm)
-    if ref_model is not None:
-        ref_model = parallel.prepare_reference(ref_model)
-    policy = parallel.policy
-    layout = gather_object({**parallel.describe(), "threads": torch.get_num_threads()})
-    parallel.print(f"training on {layout[0]['world_size']} process(es), {cfg.distributed} ({layout[0]['engine']}, "
-                   f"{layout[0]['backend'] or 'no process group'}, {layout[0]['device']}, "
-                   f"{layout[0]['threads']} CPU thread(s) per process)")
-
-    counters, start, data_state = Counters(), 0, None
-    checkpoint = latest_checkpoint(out, on_damaged=parallel.print) if resume else None
-    if resume and checkpoint is None and require_checkpoint:
-        damaged = f" ({len(checkpoints(out))} found, all damaged)" if checkpoints(out) else ""
-        raise UserError(f"--resume: no intact checkpoint in {out}{damaged}; check output_dir, or add --allow-fresh "
-                        "to start at step 0")
-    if checkpoint is not None:
-        check_resume_config(checkpoint, cfg)
-        saved_world = json.loads((checkpoint / "state.json").read_text()).get("world_size", parallel.world)
-        if parallel.zero and saved_world != parallel.world:
-            raise UserError(f"--resume: {checkpoint} was written by {saved_world} processes; DeepSpeed's partitioned "
-                             f"optimizer state loads only on the same number (this run has {parallel.world})")
-        if parallel.sharded:
-            parallel.load_sharded(checkpoint)
-            state = load_checkpoint(checkpoint, None, None, rank=parallel.rank)
-        else:
-            state = load_checkpoint(checkpoint, lambda d: load_model_weights(policy, d), parallel.optimizer, rank=parallel.rank)
-        start = state["step"]
-        counters = Counters(**state["counters"])
-        data_state = state.get("data")
-        parallel.print(f"resumed from {checkpoint} at step {start}")
-    # the data order (a cursor: online filtering skips, dynamic sampling takes more) and the filter
-    from tempsamp.data.selection import OnlineFilter
-
-    online_filter = OnlineFilter(cfg.online_filter_k, cfg.online_filter_iou, cfg.online_filter_skip)
-    stream = QueryStream(len(examples), cfg.seed, cursor=start * cfg.queries_per_step)
-    if data_state is not None:
-        stream.cursor = int(data_state["cursor"])
-        online_filter.load_state_dict(data_state.get("filter", {}))
-
-    def filter_skip(index: int) -> bool:
-        return online_filter.enabled and online_filter.skip(examples[index].qid)
-
-    engine = make_engine(cfg, policy, processor, model_path, synced_gpus=parallel.sharded_weights)
-    push_weights(engine, parallel, cfg)  # a resumed run's weights, not the checkpoint on disk
-    # Test hook: never push after an update, so the sampler keeps the first weights (the tests show
-    # that the sampler/learner mismatch metric then grows).
-    skip_push = os.environ.get("TEMPSAMP_TEST_SKIP_PUSH") == "1"
-    if skip_push:
-        parallel.print("TEMPSAMP_TEST_SKIP_PUSH=1: the sampler keeps its first weights (a test hook)")
-    parallel.print(f"rollout engine: {engine.description}")
-    for entry, description in zip(layout, gather_object(engine.description)):  # what samples, per process
-        entry["rollout_engine"] = description
-    logger = RunLogger(out) if parallel.is_main else None
-    if parallel.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
-        # What actually ran, read off the wrapped model on every process (tests check it).
-        (out / "layout.json").write_text(json.dumps(layout, indent=1))
-        # which queries the run trains on: the selection, then one line per step (queries.jsonl)
-        (out / "selection.json").write_text(json.dumps({
-            "select": cfg.select, "difficulty_file": cfg.difficulty_file, "n": len(examples),
-            "qids": [ex.qid for ex in examples]}, indent=1) + "\n")
-        trim_query_log(out / QUERY_LOG, start)
-
-    def load_frames(example):
-        return cfg.load(example.video_path, factor=qwen_vl.frame_factor(processor))
-
-    def save(done: int) -> None:
-        """checkpoint-DONE: every process writes its shards and RNG; the main process the rest, then renames."""
-        full_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
-        tmp = begin_checkpoint(out, done) if parallel.is_main else None
-        tmp = Path(gather_object(str(tmp) if tmp else None)[0])
-        if parallel.sharded:
-            parallel.save_sharded(tmp)
-        save_rng(tmp, parallel.rank)
-        parallel.barrier()
-        if parallel.is_main:
-            state = {"counters": vars(counters), "config": cfg.to_dict(), "world_size": parallel.world,
-                     "data": {"cursor": stream.cursor, "filter": online_filter.state_dict()}}
-            commit_checkpoint(tmp, done, policy, processor, None if parallel.sharded else parallel.optimizer, state,
-                              cfg.keep_last, model_state=full_state)
-        parallel.barrier()
-
-    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
-    if budget_spent(cfg, counters):  # a finished budget run, resumed: nothing left to do
-        end = start
-
-    def end_of_step(done: int, force: bool = False) -> None:
-        """Checkpoint every save_every steps, at the end and at --max-steps (skipped steps included), and
-        when the run stops early (``force``), in step."""
-        if force or done % cfg.save_every == 0 or done == cfg.total_steps or done == end:
-            save(done)
-
-    stop, stopping = guards.GracefulStop().install(), None
-    bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, desc="train", disable=not parallel.is_main)
-    checkpoint_seconds = 0.0
-    for step in bar:
-        t0 = time.perf_counter()
-        stage = cfg.stage_at(step)
-        cot = stage["mode"] == COT
-        parallel.set_lr(lr_at(cfg, step))
-        faults = Counters()  # this process's faults in this step
-        parallel.heartbeat(step, "data")
-        _stall_for_tests(parallel, step)
-
-        # 1. rollout: this process's whole groups, each seeded by (seed, step, slot)
-        taken, skipped = stream.take(cfg.queries_per_step, filter_skip)
-        slot_index = dict(enumerate(taken))  # slot -> example index, the same on every process
-        model.eval()
-        events = []
-        fillers = []  # the first group this process sampled in the step (real, or a blank stand-in)
-
-        def sample_slots(mine):
-            """This process's (slot, index) pairs sampled: (groups, their slots, data s, rollout s).
-
-            Every process makes ONE generate call per call of this, a process without a usable query
-            on a blank stand-in (weight 0), so sharded weights stay in step (ZeRO-3 gathers the policy
-            around transformers' generate; vLLM samples from its own copy: nothing to gather)."""
-            t_start = time.perf_counter()
-            requests, chosen, chosen_slots = [], [], []
-            for slot, index in mine:  # data: frames and prompts
-                try:
-                    requests.append(prepare_query(cfg, processor, parallel.device, examples[index], stage["mode"], sample_seed(cfg.seed, step, slot), load_frames))
-                    chosen.append(examples[index])
-                    chosen_slots.append(slot)
-                except (FileNotFoundError, VideoDecodeError) as err:
-                    faults.bad_videos += 1
-                    events.append(("bad_video", str(err)))
-            t_prepared = time.perf_counter()
-            parallel.heartbeat(step, "rollout")
-            blank = [] if requests else [blank_request(cfg, processor, parallel.device, stage["mode"])]
-            gather = parallel.generation() if cfg.rollout_engine == "transformers" else contextlib.nullcontext()
-            # autocast: sampling computes in bf16 like the training forward (GPU; a no-op on a CPU).
-            with torch.no_grad(), parallel.autocast(), gather:
-                made = rollout_step(cfg, engine, processor, chosen or [None], requests or blank, stage["mode"])
-            fillers.append(made[0])
-            return made[:len(requests)], chosen_slots, t_prepared - t_start, time.perf_counter() - t_prepared
-
-        groups, group_slots, t_data, t_rollout = sample_slots(shard(list(slot_index.items()), parallel.rank, parallel.world))
-        dynamic = {"dropped": [], "rounds": 0, "dropped_tokens": 0}
-        if cfg.dynamic_sampling:
-            # Decided on every process's gathered tie flags, so all take the same refills in step.
-            for round_ in range(cfg.dynamic_sampling_max_rounds + 1):
-                ties = gather_object([(slot, onpolicy_tied(cfg, g, cot)) for slot, g in zip(group_slots, groups)])
-                kept = sorted(slot for rank_ties in ties for slot, tied in rank_ties if not tied)
-                missing = cfg.queries_per_step - len(kept)
-                if missing <= 0 or round_ == cfg.dynamic_sampling_max_rounds:
-                    break
-                more, more_skipped = stream.take(missing, filter_skip)
-                skipped += more_skipped
-                first = max(slot_index) + 1
-                new = {first + i: index for i, index in enumerate(more)}
-                slot_index.update(new)
-                owners = refill_owners(ties, kept, list(new))
-                more_groups, more_slots, dt, rt = sample_slots([(k, v) for k, v in new.items() if owners[k] == parallel.rank])
-                groups, group_slots = groups + more_groups, group_slots + more_slots
-                t_data, t_rollout = t_data + dt, t_rollout + rt
-                dynamic["rounds"] += 1
-            keep = set(kept)
-            for rank_ties in ties:  # a process left with none keeps its first tied group (it trains like 1 process)
-                if rank_ties and not any(slot in keep for slot, _ in rank_ties):
-                    keep.add(min(slot for slot, _ in rank_ties))
-            dropped = [g for g, slot in zip(groups, group_slots) if slot not in keep]
-            dynamic["dropped"] = [slot for slot in group_slots if slot not in keep]
-            dynamic["dropped_tokens"] = sum(g.generated_tokens for g in dropped)
-            groups, group_slots = ([g for g, slot in zip(groups, group_slots) if slot in keep],
-                                   [slot for slot in group_slots if slot in keep])
-        filler = fillers[0]  # the forwards this process runs beyond its own groups carry it, at weight 0
-
-        # Decided on gathered counts, so all processes agree: no usable group anywhere skips the
-        # step; otherwise every process takes part, one without a usable group on its filler
-        # (weight 0) and the step is applied on the others' groups (its bad videos are counted).
-        group_counts = gather_object(len(groups))
-        if max(group_counts) == 0:
-            reports = gather_object({"faults": faults.faults(), "events": events})
-            counters.add([r["faults"] for r in reports])
-            counters.skipped_steps += 1
-            counters.skipped_no_video += 1
-            if logger:
-                for kind, message in [e for r in reports for e in r["events"]]:
-                    logger.event(step, kind, message)
-                logger.event(step, "skipped_step", f"no usable video on any of the {len(group_counts)} processes")
-                logger.log(step + 1, {f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"})
-                log_queries(out / QUERY_LOG, step + 1, examples, slot_index, [], [], skipped)
-            stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
-            end_of_step(step + 1, force=stopping is not None)
-            if stopping:
-                break
-            continue
-
-        # 2. score, 3. advantages (on whole groups: each group lives on one process)
-        parallel.heartbeat(step, "update")
-        if groups:
-            task, fmt, off, scores = score(cfg, groups, cot, faults)
-            adv = advantages(cfg, task, fmt, off)
-        else:
-            task = fmt = torch.zeros(0, cfg.num_generations)
-            adv, scores = [], []
-
-        # 4. loss and optimizer step, then the sampler gets the new weights (gathered one module at
-        # a time under FSDP2 / ZeRO-3: every process takes part). vLLM on a GPU sleeps meanwhile.
-        model.train()
-        engine.sleep()
-        update_log, applied = update(cfg, model, ref_model, groups, adv, parallel, pad_id, filler=filler)
-        t_push = time.perf_counter()
-        if (applied and not skip_push) or cfg.vllm_sleep_level == 2 and getattr(engine, "asleep", False):
-            push_weights(engine, parallel, cfg)
-        engine.wake_up()
-        update_log.seconds["push"] = time.perf_counter() - t_push
-
-        # gather every process's report: faults, events and logs are counted once per group
-        parallel.heartbeat(step, "log")
-        fmt_scores = np.stack([s.format for s in scores]) if scores else np.zeros((0, cfg.num_generations))
-        report = {
-            "faults": faults.faults(), "events": events, "update": update_log, "rollout_seconds": t_rollout,
-            "data_seconds": t_data,
-            "groups": group_logs(group_slots, groups, task, fmt_scores, scores, adv),
-            "dynamic": dynamic,
-        }
-        reports = gather_object(report)
-        trained = sorted(g["slot"] for r in reports for g in r["groups"])
-        if online_filter.enabled:  # the same visits, in slot order, on every process
-            for g in sorted((g for r in reports for g in r["groups"]), key=lambda g: g["slot"]):
-                online_filter.visit(examples[slot_index[g["slot"]]].qid, [i for i, o in zip(g["iou"], g["offpolicy"]) if not o])
-        if logger:
-            dropped_slots = sorted(slot for r in reports for slot in r["dynamic"]["dropped"])
-            log_queries(out / QUERY_LOG, step + 1, examples, slot_index, trained, dropped_slots, skipped)
-        counters.add([r["faults"] for r in reports])
-        if logger:
-            for kind, message in [e for r in reports for e in r["events"]]:
-                logger.event(step, kind, message)
-            if 0 in group_counts:
-                idle = ", ".join(str(r) for r, n in enumerate(group_counts) if n == 0)
-                logger.event(step, "idle_process", f"no usable video on process {idle}: it took part with a blank stand-in "
-                             "of weight 0; the step is applied on the other processes' groups")
-        if not applied:
-            counters.skipped_steps += 1
-            counters.skipped_non_finite += 1
-            if logger:
-                logger.event(step, "skipped_step", "non-finite loss or gradient: update not applied")
-        scalars = step_scalars(cfg, reports, cot)
-        # generation cost, dropped groups included (what equal-cost comparisons hold fixed)
-        scalars["tokens/generated"] = sum(g["generated_tokens"] for r in reports for g in r["groups"]) + sum(
-            r["dynamic"]["dropped_tokens"] for r in reports)
-        scalars["data/skipped_by_filter"] = float(len(skipped))
-        counters.generated_tokens += int(scalars["tokens/generated"])
-        if cfg.dynamic_sampling:
-            scalars["dynamic/dropped_groups"] = float(sum(len(r["dynamic"]["dropped"]) for r in reports))
-            scalars["dynamic/refill_rounds"] = float(reports[0]["dynamic"]["rounds"])
-        loss_value = scalars["loss/value"]
-        recent = counters.losses[-50:]
-        if loss_value is not None and math.isfinite(loss_value):
-            if recent and abs(loss_value) > cfg.spike_factor * max(1e-8, float(np.median(np.abs(recent)))):
-                counters.loss_spikes += 1
-                if logger:
-                    logger.event(step, "loss_spike", f"loss {loss_value:.4g} vs running median {np.median(np.abs(recent)):.4g}")
-            counters.losses = (recent + [loss_value])[-50:]
-
-        # log (main process)
-        if logger and step % cfg.log_every == 0:
-            scalars.update({
-                "speed/step_seconds": time.perf_counter() - t0,
-                "speed/checkpoint_seconds": checkpoint_seconds,  # the previous step's save (0: none)
-                "memory/peak_gb": peak_memory_gb(),
-                "lr": lr_at(cfg, step),
-                **{f"faults/{k}": v for k, v in vars(counters).items() if k != "losses"},
-            })
-            logger.log(step + 1, scalars)
-            bar.set_postfix(reward=f"{scalars['reward/raw'] or 0:.3f}", top1=f"{scalars['iou/top1_onpolicy'] or 0:.3f}")
-
-        stopping = guards.stop_reason(stop, counters, step + 1, end, cfg, parallel)
-        spent = budget_spent(cfg, counters)
-        parallel.heartbeat(step, "checkpoint")
-        t_checkpoint = time.perf_counter()
-        end_of_step(step + 1, force=stopping is not None or spent)
-        checkpoint_seconds = time.perf_counter() - t_checkpoint
-        if stopping:
-            break
-        if spent:
-            parallel.print(f"generation budget spent after {step + 1} steps: {counters.generated_tokens} tokens "
-                           f"generated (max_generated_tokens={cfg.max_generated_tokens})")
-            break
-
-    stop.restore()
-    bar.close()
-    if stopping is None:
-        # A plain transformers checkpoint of the final policy (LoRA merged), beside the resumable ones.
-        final_state = parallel.full_state_dict() if parallel.mode != "ddp" else None  # collective
-        if parallel.is_main:
-            export_model(out / "final-model", policy, processor, final_state)
-    if logger:
-        logger.close()
-        write_speed_summary(out)
-    parallel.barrier()
-    engine.close()  # vLLM: before the process group goes (its shutdown destroys every group)
-    parallel.close()
-    if parallel.is_main:
-        runlock.release(out)
-    last = latest_checkpoint(out)
-    done = int(last.name.split("-")[1]) if last else start
-    line = guards.summary(counters, done, cfg.total_steps, last)
-    if stopping:
-        parallel.print(stopping)
-        raise RunStopped(f"{line}; continue with --resume", exit_code=stop.exit_code if stop.signal else 1)
-    parallel.print(line)
-    return out
-
-
-def budget_spent(cfg: TrainConfig, counters: Counters) -> bool:
-    return bool(cfg.max_generated_tokens) and counters.generated_tokens >= cfg.max_generated_tokens
-
-
-QUERY_LOG = "queries.jsonl"
-
-
-def log_queries(path: Path, step: int, examples, slot_index: dict, trained: list, dropped: list, skipped: list) -> None:
-    """One line per step: the qids trained on, dropped as tied (dynamic sampling), passed over by the filter."""
-    line = {"step": step, "trained": [examples[slot_index[s]].qid for s in trained],
-            "dropped_tied": [examples[slot_index[s]].qid for s in dropped],
-            "skipped_by_filter": [examples[i].qid for i in skipped]}
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-def trim_query_log(path: Path, start: int) -> None:
-    """A resumed run redoes the steps after its checkpoint: their lines go (they are written again)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-SPEED_KEYS = ("step", "data", "rollout", "reference", "policy", "optimizer", "push", "checkpoint")
-
-
-def write_speed_summary(out: Path) -> dict:
-    """``speed.json``: the run's per-phase seconds per step (median over logged steps) and generated tokens/s."""
-    from tempsamp.train.logger import read_metrics
-
-    rows = read_metrics(out)
-    summary = {"steps": len(rows)}
-    for key in [f"speed/{k}_seconds" for k in SPEED_KEYS] + ["speed/tokens_per_second"]:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        summary[key.removeprefix("speed/")] = float(np.median(values)) if values else None
-    (out / "speed.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
