@@ -3,10 +3,12 @@
     python scripts/loop_fingerprint.py                      # this working tree against the baseline (below)
     python scripts/loop_fingerprint.py --baseline COMMIT    # ... against any commit
     python scripts/loop_fingerprint.py --processes 2        # a 2-process FSDP run instead of 1 process
+    python scripts/loop_fingerprint.py --variant curation   # with dynamic sampling, the online filter, a budget
     python scripts/loop_fingerprint.py --run-only OUT.json  # just this tree's fingerprint, written to OUT.json
 
 The fingerprint of a run is the sha256 of every final weight tensor (final-model/*.safetensors, in
-name order) and metrics.jsonl without the keys that measure the machine (speed/*, memory/*, */seconds).
+name order), metrics.jsonl without the keys that measure the machine (speed/*, memory/*, */seconds)
+and queries.jsonl (the queries trained on, dropped as tied, passed over, per step).
 Two runs from the same inputs with the same seed must agree bit for bit: any change to a weight bit
 or a logged value is reported, and the script exits 1.
 
@@ -40,6 +42,15 @@ RUN_OVERRIDES = {
     "min_pixels": 3136, "max_pixels": 3136, "total_pixels": 3136 * 16, "save_every": 100, "frame_cache": None,
     "stages": [{"mode": "answer", "steps": 2}, {"mode": "cot", "steps": 1}], "seed": 0, "preflight_videos": 0,
 }
+# what each variant adds: "curation" drives the data-side branches (tied groups dropped and refilled,
+# the online filter passing over solved queries, the generation budget ending the run) with 3 queries
+# per step, which two processes share unevenly
+VARIANTS = {
+    "plain": {},
+    "curation": {"queries_per_step": 3, "dynamic_sampling": True, "dynamic_sampling_max_rounds": 2, "online_filter_k": 1,
+                 "online_filter_iou": 0.0, "max_generated_tokens": 450,
+                 "stages": [{"mode": "answer", "steps": 4}, {"mode": "cot", "steps": 2}]},
+}
 
 
 def is_machine_key(key: str) -> bool:
@@ -62,7 +73,9 @@ def fingerprint(run_dir: Path) -> dict:
         raise SystemExit(f"{run_dir}/final-model: no safetensors weights")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     metrics = [{k: v for k, v in row.items() if not is_machine_key(k)} for row in rows]
-    return {"weights": weights, "metrics": metrics}
+    queries = run_dir / "queries.jsonl"
+    return {"weights": weights, "metrics": metrics,
+            "queries": queries.read_text().splitlines() if queries.is_file() else []}
 
 
 def differences(base: dict, new: dict, limit: int = 20) -> list[str]:
@@ -77,6 +90,12 @@ def differences(base: dict, new: dict, limit: int = 20) -> list[str]:
         for key in sorted(set(a) | set(b)):
             if key not in b or key not in a or json.dumps(a[key]) != json.dumps(b[key]):
                 out.append(f"metrics row {i + 1} {key}: {a.get(key, '(absent)')!r} -> {b.get(key, '(absent)')!r}")
+    base_queries, new_queries = base.get("queries", []), new.get("queries", [])
+    for i in range(max(len(base_queries), len(new_queries))):
+        a = base_queries[i] if i < len(base_queries) else "(absent)"
+        b = new_queries[i] if i < len(new_queries) else "(absent)"
+        if a != b:
+            out.append(f"queries.jsonl line {i + 1}: {a} -> {b}")
     return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
 
 
@@ -99,9 +118,9 @@ def _env(code: Path) -> dict:
     return env
 
 
-def run(code: Path, model: Path, data: Path, out: Path, processes: int = 1) -> dict:
+def run(code: Path, model: Path, data: Path, out: Path, processes: int = 1, variant: str = "plain") -> dict:
     """`tempsamp train tiny_cpu` with the code under ``code``; returns the run's fingerprint."""
-    values = {**RUN_OVERRIDES, "model": str(model), "train_annotations": str(data / "train.jsonl"), "output_dir": str(out)}
+    values = {**RUN_OVERRIDES, **VARIANTS[variant], "model": str(model), "train_annotations": str(data / "train.jsonl"), "output_dir": str(out)}
     if processes > 1:
         values.update(distributed="fsdp")
     overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
@@ -122,23 +141,24 @@ def default_baseline() -> str:
     return found.stdout.strip() if found.returncode == 0 else "HEAD"
 
 
-def compare_with(baseline: str, work: Path, processes: int = 1) -> tuple[dict, dict]:
+def compare_with(baseline: str, work: Path, processes: int = 1, variant: str = "plain") -> tuple[dict, dict]:
     """Fingerprints of the baseline commit and of this tree, from the same inputs."""
     model, data = prepare_inputs(work)
     checkout = work / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", "--force", str(checkout), baseline], cwd=REPO, check=True,
                    capture_output=True)
     try:
-        base = run(checkout, model, data, work / "run-baseline", processes)
+        base = run(checkout, model, data, work / "run-baseline", processes, variant)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=REPO, capture_output=True)
-    return base, run(REPO, model, data, work / "run-current", processes)
+    return base, run(REPO, model, data, work / "run-current", processes, variant)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", default=None, help="git commit to compare with (default: see the module doc)")
     p.add_argument("--processes", type=int, default=1, help="1 (default) or 2 (an FSDP run)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="plain", help="which run (see VARIANTS)")
     p.add_argument("--run-only", metavar="OUT_JSON", default=None, help="write this tree's fingerprint and stop")
     p.add_argument("--work", default=None, help="folder for the inputs and runs (default: a temporary one, removed)")
     args = p.parse_args(argv)
@@ -147,14 +167,15 @@ def main(argv=None) -> int:
     try:
         if args.run_only:
             model, data = prepare_inputs(work)
-            Path(args.run_only).write_text(json.dumps(run(REPO, model, data, work / "run-current", args.processes), indent=1))
+            Path(args.run_only).write_text(json.dumps(run(REPO, model, data, work / "run-current", args.processes, args.variant), indent=1))
             return 0
         baseline = args.baseline or default_baseline()
-        base, new = compare_with(baseline, work, args.processes)
+        base, new = compare_with(baseline, work, args.processes, args.variant)
         diff = differences(base, new)
         for line in diff:
             print(line)
-        what = f"{len(new['weights'])} weight tensors, {len(new['metrics'])} metrics rows ({args.processes} process(es))"
+        what = (f"{len(new['weights'])} weight tensors, {len(new['metrics'])} metrics rows, {len(new['queries'])} query-log "
+                f"lines ({args.processes} process(es), variant {args.variant})")
         print(f"{'DIFFERENT' if diff else 'identical'} to {baseline}: {what}")
         return 1 if diff else 0
     finally:

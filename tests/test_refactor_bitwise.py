@@ -18,12 +18,14 @@ fp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fp)
 
 
-def fake_run(root: Path, weight: torch.Tensor, metrics: list[dict]) -> Path:
+def fake_run(root: Path, weight: torch.Tensor, metrics: list[dict], queries: tuple = ()) -> Path:
     from safetensors.torch import save_file
 
     (root / "final-model").mkdir(parents=True)
     save_file({"b.weight": weight, "a.bias": torch.zeros(3)}, str(root / "final-model" / "model.safetensors"))
     (root / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics))
+    if queries:
+        (root / "queries.jsonl").write_text("".join(json.dumps(line) + "\n" for line in queries))
     return root
 
 
@@ -48,6 +50,16 @@ def test_one_ulp_in_a_weight_or_a_metric_is_a_difference_and_timings_are_not(tmp
     assert diff == ["metrics: 1 rows -> 2"]
 
 
+def test_another_query_trained_on_is_a_difference(tmp_path):
+    w, row = torch.tensor([0.1]), {"step": 1}
+    line = {"step": 1, "trained": ["q1", "q2"], "dropped_tied": [], "skipped_by_filter": []}
+    base = fp.fingerprint(fake_run(tmp_path / "base", w, [row], [line]))
+    assert fp.differences(base, fp.fingerprint(fake_run(tmp_path / "same", w, [row], [line]))) == []
+    other = {**line, "trained": ["q1", "q3"]}
+    diff = fp.differences(base, fp.fingerprint(fake_run(tmp_path / "other", w, [row], [other])))
+    assert len(diff) == 1 and diff[0].startswith("queries.jsonl line 1")
+
+
 def _baseline() -> str:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout: no baseline commit to compare with")
@@ -62,4 +74,15 @@ def test_tiny_cpu_run_is_bitwise_the_baselines(tmp_path):
     base, new = fp.compare_with(_baseline(), tmp_path)
     assert len(new["weights"]) > 10 and [r["step"] for r in new["metrics"]] == [1, 2, 3]
     assert new["metrics"][-1]["format/rate"] is not None  # the CoT stage ran (the schedule's switch)
+    assert fp.differences(base, new) == []
+
+
+@pytest.mark.slow
+def test_curation_branches_are_bitwise_the_baselines(tmp_path):
+    """Tied groups dropped and refilled, solved queries passed over, the budget ending the run."""
+    base, new = fp.compare_with(_baseline(), tmp_path, variant="curation")
+    rows = new["metrics"]
+    assert 1 < len(rows) < 6, "the generation budget ends the run before its 6 scheduled steps"
+    assert all(r["dynamic/dropped_groups"] > 0 for r in rows)
+    assert sum(r["data/skipped_by_filter"] for r in rows) > 0
     assert fp.differences(base, new) == []
