@@ -1,4 +1,4 @@
-"""A whole RL step with its rollouts batched into one call, against the per-query loop (issue 15).
+"""A whole RL step with its rollouts batched into one call, against the per-query loop.
 
     python benchmarks/bench_batched_step.py [--queries 4] [--group 8] [--new-tokens 32] [--steps 2]
                                             [--vocab real|small]

@@ -1,4 +1,4 @@
-"""Two defaults of issue 13 measured on the demo's miniature (tiny Qwen2.5-VL, synthetic videos, CPU):
+"""Two of the demo's defaults measured on the demo's miniature (tiny Qwen2.5-VL, synthetic videos, CPU):
 
 A. anchoring's rule for groups whose on-policy rewards tie (``anchor_tied`` literal vs joint):
    held-out mIoU after RL, top-1 on-policy IoU, and the fraction of groups whose GT row got advantage 0.

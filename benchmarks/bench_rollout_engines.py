@@ -12,7 +12,7 @@ video at 2 fps, G = ``--group`` samples each, at most ``--new-tokens`` new token
 Both engines run in this one process, after the vLLM engine has started (so both use the thread
 settings vLLM's CPU worker leaves: it binds OpenMP threads and turns torch.set_num_threads into a
 no-op for the process). Reported, as medians over ``--repeats`` after one warm-up:
-- transformers: one ``generate`` per query (G samples), as the loop did before issue 15;
+- transformers: one ``generate`` per query (G samples), the per-query loop the batched rollouts replaced;
 - transformers 1 call: ``sample_batch``, one left-padded ``generate`` for the step (the loop now);
 - vllm per query: one ``llm.generate`` per query;
 - vllm one call: ``sample_batch``, one ``llm.generate`` over all queries' requests (the loop now);

@@ -395,7 +395,7 @@ def test_resume_refuses_other_settings(tmp_path):
 
 
 def test_stages_reach_the_prompt_and_the_temperature_reaches_sampling_and_every_logprob(tiny_small_vocab_model_dir, data_dir, tmp_path, monkeypatch):
-    """Issue 13's wiring through the real loop: each stage's prompt mode, the sampling temperature in
+    """The wiring through the real loop: each stage's prompt mode, the sampling temperature in
     generate and in every log-prob (policy, old, reference), and the GT think mask in CoT stages."""
     prompts, temperatures, sampled = [], [], []
     real_prompt, real_logprobs, real_generate = loop.prompt_text, qwen_vl.completion_logprobs, qwen_vl.generate_batch

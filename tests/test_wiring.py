@@ -1,4 +1,4 @@
-"""The wires from the training loop to the algorithm core (issue 13): each test here fails when the
+"""The wires from the training loop to the algorithm core: each test here fails when the
 loop hands the core the wrong thing (a config value, the format bonus, the rows' advantages, the
 temperature, the token count, the GT's loss mask). A unigram fake policy stands in for the model
 where the wire, not the network, is under test; `make mutants` checks that every listed mutation
