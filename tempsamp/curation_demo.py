@@ -27,7 +27,7 @@ import numpy as np
 from tempsamp.demo import DEMO_THREADS, FRAME_PIXELS, FULL, METRICS, PREBUILT_START_MODEL, RL_LEARNING_RATE, SYNTH_KNOBS, log, metric_key, settings_digest
 
 TEMPSAMP_STRATEGY = "anchor"  # the demo's best single off-policy strategy in its measured table (README, "The demo")
-DIFFICULTY_SAMPLES = 4
+DIFFICULTY_SAMPLES = 8  # as `data difficulty` by default (and TimeLens): a mean IoU over 8 samples
 SELECT_FRACTION = 0.5  # the selected subset: half the training queries, spread evenly over 10 bins of mean IoU
 PAIRS = (("grpo+dynamic", "grpo"), ("grpo+selected", "grpo"), ("tempsamp", "grpo"), ("tempsamp+selected", "grpo"),
          ("tempsamp+selected", "tempsamp"))
@@ -74,7 +74,7 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
         steps=size.sft_steps, **vars(video)), prebuilt=PREBUILT_START_MODEL)
 
     log(f"1/3 difficulty: {DIFFICULTY_SAMPLES} samples per training query with the start model")
-    difficulty = work / "curation" / "difficulty.jsonl"
+    difficulty = work / "curation" / f"difficulty-k{DIFFICULTY_SAMPLES}.jsonl"
     records = sample_difficulty(str(start), train_examples, difficulty, samples=DIFFICULTY_SAMPLES, temperature=1.0,
                                 video=video, max_new_tokens=size.max_new_tokens, batch_size=8, progress=False,
                                 say=lambda _: None)
@@ -141,7 +141,10 @@ def report(results, significance, budget, difficulty_summary, minutes, seeds, n_
             v = np.array([metric_key(r["metrics"], m) for r in runs])
             cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "`tempsamp compare` (first minus second, paired bootstrap over queries and seeds, 10000 replicates):", "",
+    n_tests = 2 * len(significance)
+    lines += ["", "`tempsamp compare` (first minus second, paired bootstrap over queries and seeds, 10000 replicates; "
+              f"bold: p < 0.05 alone; {n_tests} p-values, so one in twenty is expected by chance, and the Bonferroni "
+              f"threshold for all {n_tests} together is {0.05 / n_tests:.4f}):", "",
               "| comparison | mIoU diff [95% CI], p | R1@0.5 diff [95% CI], p |", "|---|---|---|"]
     for entry in significance:
         cells = []
