@@ -659,7 +659,7 @@ def _copy_with_renamed_weights(source, target, rename):
 
 @pytest.mark.slow
 def test_qwen35_vision_tower_saved_by_transformers_5_5_loads(tmp_path):
-    """transformers 5.2-5.5 save Qwen3.5's vision tower as model.language_model.visual.*; it loads into the
+    """transformers 5.5.2-5.5.4 save Qwen3.5's vision tower as model.language_model.visual.*; it loads into the
     same weights as the released layout (model.visual.*), not a randomly initialised tower."""
     released = tiny.ensure_tiny_model(spec=tiny.QWEN35_SPEC)
     old_layout = _copy_with_renamed_weights(
