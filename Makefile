@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tempsamp demo $(DEMO_ARGS)
 
-# tests/test_parity.py runs under `make test-parity` (it needs .venv-ref and takes ~12 min).
+# tests/test_parity.py runs under `make test-parity` (it needs .venv-ref and takes 4-14 min).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --ignore=tests/test_parity.py $(TEST_ARGS)
 
@@ -57,7 +57,7 @@ test-vllm: $(VSTAMP)
 # PYTHONPATH in front of the project venv, so the reference runs the project's torch 2.14.1 /
 # torchvision 0.29.1 (no second 5.8 GB torch) with the released-era transformers, tokenizers,
 # huggingface_hub and qwen-vl-utils (scripts/parity/*.txt; pinned exactly because --no-deps resolves
-# nothing). Video reader: decord 0.6.0 (a py3 wheel, loads on Python 3.11 and numpy 2). qwen-vl-utils'
+# nothing; tf5.5 adds httpx/httpcore, which its huggingface_hub 1.x imports and the project venv lacks). Video reader: decord 0.6.0 (a py3 wheel, loads on Python 3.11 and numpy 2). qwen-vl-utils'
 # other readers do not work here: torchvision 0.29 has no read_video any more, and torchcodec wants
 # CUDA libraries; decord is also what the peers' environments use (qwen-vl-utils picks it first).
 # Rebuilt when a stack's list changes.

@@ -7,8 +7,10 @@ tempsamp, so nothing of the project's code can leak into the reference.
   build  FAMILY OUT TOKENIZER_DIR  a random-weight tiny checkpoint in the released format: the config,
          weight names and processor files that this transformers writes, which is what the released
          Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints hold (flat config and `model.layers.*`,
-         `visual.*`, `lm_head` for Qwen2/2.5-VL). The tokenizer (real Qwen2.5 vocabulary) is read from
-         TOKENIZER_DIR.
+         `visual.*`, `lm_head` for Qwen2/2.5-VL). Qwen3.5 under transformers 5.5.4: what a checkpoint
+         fine-tuned on that stack holds (the vision tower as `model.language_model.visual.*`; the
+         released Qwen3.5 checkpoints hold `model.visual.*`, and 5.5.4 reads both). The tokenizer (the family's real vocabulary: Qwen2.5's,
+         or Qwen3.5's own) is read from TOKENIZER_DIR; the token ids of the config are read from it.
   run    MODEL CASES_JSON OUT      per case: qwen-vl-utils process_vision_info -> processor.apply_chat_template
          + processor(...) -> the model. Writes OUT/<name>.npz (input ids, 3-D positions, rope deltas,
          grid, seconds per grid slice, pixel values, sampled frame indices, log-probs of a fixed
@@ -32,7 +34,8 @@ import torch
 
 # Released proportions at toy width (head_dim 32, so the sections sum to 16):
 # Qwen2-VL-7B / Qwen2.5-VL-7B mrope_section [16, 24, 24] -> [4, 6, 6];
-# Qwen3-VL-8B [24, 20, 20] (interleaved) -> [6, 5, 5].
+# Qwen3-VL-8B [24, 20, 20] (interleaved) -> [6, 5, 5];
+# Qwen3.5-4B: head_dim 256 of which a quarter rotates, [11, 11, 10] (interleaved) -> head_dim 64, [3, 3, 2].
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
             max_position_embeddings=32768, rope_theta=1000000.0)
 VOCAB_SIZE = 151936  # the released embedding rows
@@ -49,6 +52,7 @@ def build(family: str, out: str, tokenizer_dir: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     chat_template = (Path(tokenizer_dir) / CHAT_TEMPLATE_FILE).read_text()
     ids = {**TOKEN_IDS, "bos_token_id": 151643, "eos_token_id": 151645, "pad_token_id": 151643}
+    stop_ids = [151645, 151643]  # <|im_end|>, <|endoftext|>
     if family == "qwen2_5_vl":
         # transformers 4.51's flat config, as in Qwen2.5-VL-7B-Instruct/config.json.
         config = transformers.Qwen2_5_VLConfig(
@@ -76,14 +80,40 @@ def build(family: str, out: str, tokenizer_dir: str) -> None:
                                deepstack_visual_indexes=[0], in_channels=3),
             tie_word_embeddings=False, **TOKEN_IDS)
         model_cls, processor_cls = transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLProcessor
+    elif family == "qwen3_5":
+        # Qwen3.5-4B's layout at toy width: its own vocabulary (248,320 embedding rows, vision tokens
+        # at 248053-248057, read from the tokenizer), tied embeddings, three Gated DeltaNet layers then
+        # one full-attention layer (full_attention_interval 4), a quarter of each head rotating with
+        # interleaved M-RoPE; Qwen3-VL's vision tower without deepstack (patch 16).
+        token = tokenizer.convert_tokens_to_ids
+        vision_ids = dict(image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
+                          vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"))
+        stop_ids = [token("<|im_end|>"), token("<|endoftext|>")]
+        text = dict(TEXT, vocab_size=248320, head_dim=64, num_hidden_layers=4,
+                    layer_types=["linear_attention"] * 3 + ["full_attention"],
+                    linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                    linear_num_key_heads=2, linear_num_value_heads=4, tie_word_embeddings=True,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [3, 3, 2],
+                                     "mrope_interleaved": True, "partial_rotary_factor": 0.25},
+                    bos_token_id=None, eos_token_id=stop_ids[0], pad_token_id=stop_ids[1])
+        text.pop("rope_theta")
+        config = transformers.Qwen3_5Config(
+            text_config=text,
+            vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64,
+                               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                               in_channels=3),
+            tie_word_embeddings=True, **vision_ids)
+        model_cls, processor_cls = transformers.Qwen3_5ForConditionalGeneration, transformers.Qwen3VLProcessor
     else:
         raise SystemExit(f"build: unknown family {family!r}")
     torch.manual_seed(0)
     model = model_cls(config).eval()
-    model.generation_config = GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643)
+    model.generation_config = GenerationConfig(bos_token_id=stop_ids[1], eos_token_id=stop_ids, pad_token_id=stop_ids[1])
     model.save_pretrained(out, safe_serialization=True)
-    if family == "qwen3_vl":
-        # Qwen3-VL-8B-Instruct's processor files (patch 16; per-image and per-video pixel bounds).
+    if family in ("qwen3_vl", "qwen3_5"):
+        # Qwen3-VL-8B-Instruct's processor files (patch 16; per-image and per-video pixel bounds); Qwen3.5
+        # ships the same processor classes (Qwen3VLProcessor), and with do_resize=False (its usage) the
+        # pixel bounds do not act.
         image_processor = transformers.Qwen2VLImageProcessorFast(
             size={"shortest_edge": 65536, "longest_edge": 16777216}, patch_size=16, temporal_patch_size=2, merge_size=2,
             image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -122,8 +152,9 @@ class DecoderPositions:
 
 def rope_index(model, inputs):
     owner = model if hasattr(model, "get_rope_index") else model.model
-    kwargs = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
-              if k in inputs}
+    # mm_token_type_ids: the rule of transformers 5.x (Qwen3.5) reads the token types; 4.x has no such key.
+    kwargs = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask",
+                                     "mm_token_type_ids") if k in inputs}
     if "second_per_grid_ts" in kwargs and not isinstance(kwargs["second_per_grid_ts"], torch.Tensor):
         kwargs["second_per_grid_ts"] = torch.as_tensor(kwargs["second_per_grid_ts"])
     return owner.get_rope_index(inputs["input_ids"], **kwargs)
@@ -152,8 +183,12 @@ def run_case(model, processor, case: dict, out: Path, family: str) -> None:
 
     decord.VideoReader.get_batch = get_batch
     try:
-        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if family == "qwen3_vl":  # Qwen3-VL's usage (its model card): metadata in, no second resize
+        # Qwen3.5: the peers' call (enable_thinking=False); templates without that switch ignore it.
+        template_kwargs = {"enable_thinking": False} if family == "qwen3_5" else {}
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+        if family in ("qwen3_vl", "qwen3_5"):
+            # Qwen3-VL's usage (its model card), and Qwen3.5's (the TempSamp-R1 verl re-implementation:
+            # fetch_video with image_patch_size 16 and the metadata, then do_resize=False, do_sample_frames=False)
             _, videos, video_kwargs = process_vision_info(messages, image_patch_size=16, return_video_kwargs=True,
                                                           return_video_metadata=True)
             videos, metadata = map(list, zip(*videos))
@@ -186,7 +221,7 @@ def run_case(model, processor, case: dict, out: Path, family: str) -> None:
         try:
             sequences = model.generate(**inputs, max_new_tokens=case["max_new_tokens"], do_sample=False,
                                        eos_token_id=[im_end, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
-                                       suppress_tokens=[TOKEN_IDS["image_token_id"], TOKEN_IDS["video_token_id"]],
+                                       suppress_tokens=[model.config.image_token_id, model.config.video_token_id],
                                        repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
         finally:
             recorder.handle.remove()
@@ -229,11 +264,15 @@ def run(model_dir: str, cases_json: str, out: str) -> None:
 
     torch.set_num_threads(1)
     family = AutoConfig.from_pretrained(model_dir).model_type
-    model_cls = {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
-                 "qwen2_vl": transformers.Qwen2VLForConditionalGeneration}.get(family)
-    if model_cls is None:
-        model_cls = transformers.Qwen3VLForConditionalGeneration
-    model = model_cls.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    model_cls = getattr(transformers, {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                                       "qwen2_vl": "Qwen2VLForConditionalGeneration",
+                                       "qwen3_vl": "Qwen3VLForConditionalGeneration",
+                                       "qwen3_5": "Qwen3_5ForConditionalGeneration"}[family])
+    model, loading = model_cls.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager",
+                                               output_loading_info=True)
+    if loading["missing_keys"]:  # a weight left at random init would make the reference meaningless
+        raise SystemExit(f"run: {model_dir} lacks {sorted(loading['missing_keys'])[:3]} ...")
+    model.eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -637,3 +637,72 @@ def test_packed_groups_score_like_each_group_alone(tiny_small_vocab_model_dir):
     one = qwen_vl.groups_batch(prompts[:1], ids[:1], pad_id)
     for key, value in qwen_vl.group_batch(prompts[0], ids[0], pad_id).items():
         assert torch.equal(one[key], value) if torch.is_tensor(value) else one[key] == value, key
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint layouts: what other transformers releases write, and incomplete checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def _copy_with_renamed_weights(source, target, rename):
+    """A copy of a checkpoint folder whose safetensors keys go through ``rename`` (str -> str or None to drop)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(target / "model.safetensors")
+    renamed = {rename(key): value for key, value in weights.items()}
+    save_file({k: v for k, v in renamed.items() if k is not None}, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.slow
+def test_qwen35_vision_tower_saved_by_transformers_5_5_loads(tmp_path):
+    """transformers 5.5.2-5.5.4 save Qwen3.5's vision tower as model.language_model.visual.*; it loads into the
+    same weights as the released layout (model.visual.*), not a randomly initialised tower."""
+    released = tiny.ensure_tiny_model(spec=tiny.QWEN35_SPEC)
+    old_layout = _copy_with_renamed_weights(
+        released, tmp_path / "saved-by-5.5", lambda k: k.replace("model.visual.", "model.language_model.visual."))
+    from safetensors import safe_open
+
+    with safe_open(old_layout / "model.safetensors", "pt") as f:
+        assert any(k.startswith("model.language_model.visual.") for k in f.keys())
+        assert not any(k.startswith("model.visual.") for k in f.keys())
+    expected = qwen_vl.load_policy(str(released))[0].state_dict()
+    loaded = qwen_vl.load_policy(str(old_layout))[0].state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_checkpoint_missing_weights_is_refused(tmp_path, tiny_small_vocab_model_dir):
+    from tempsamp.errors import UserError
+
+    folder = _copy_with_renamed_weights(
+        tiny_small_vocab_model_dir, tmp_path / "incomplete",
+        lambda k: None if k.startswith("model.visual.merger.") or k.startswith("visual.merger.") else k)
+    with pytest.raises(UserError, match=r"incomplete.*lacks \d+ of the model's weights \(.*merger"):
+        qwen_vl.load_policy(str(folder))
+
+
+@pytest.mark.slow
+def test_qwen35_vocabulary_equals_tiktoken_and_has_its_special_ids(tmp_path):
+    """The Qwen3.5 vocabulary the parity tests build (not Qwen2.5's): saved and reloaded, ids as tiktoken's."""
+    from transformers import AutoTokenizer
+
+    tiny.build_qwen35_tokenizer().save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert type(tokenizer).__name__ == "Qwen3_5Tokenizer"
+    assert len(tokenizer) == tiny.QWEN35_VOCAB_RANKS + 33
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|vision_start|>",
+                                                            "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<think>")}
+    assert ids == {"<|endoftext|>": 248044, "<|im_end|>": 248046, "<|vision_start|>": 248053, "<|vision_end|>": 248054,
+                   "<|image_pad|>": 248056, "<|video_pad|>": 248057, "<think>": 248068}
+    reference = tiny.qwen35_tiktoken_encoding()
+    normalize = tokenizer.backend_tokenizer.normalizer.normalize_str
+    rng = random.Random(0)
+    for _ in range(200):
+        text = random_text(rng)
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == reference.encode(
+            normalize(text), allowed_special="all"), repr(text)

@@ -4,9 +4,10 @@ The reference is the peers' stack run end to end (scripts/parity_reference.py, i
 environment that `make test-parity` builds: qwen-vl-utils fetch_video -> the released-era processor
 -> the released-era model). The tempsamp side is the project's public path (``tempsamp_side``).
 Both read the same random-weight checkpoint, written in the released format by the reference
-transformers, with the real vocabulary and the real vision settings; both read the same mp4 files.
+transformers (for Qwen3.5, as transformers 5.5.4 writes it: the layout of checkpoints fine-tuned on
+that stack), with the family's real vocabulary and the real vision settings; both read the same mp4 files.
 
-For each family (Qwen2.5-VL, Qwen2-VL, Qwen3-VL) and clip length (10, 30, 60, 150 s), with the same
+For each family (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3.5) and clip length (10, 30, 60, 150 s), with the same
 question, the tests compare: input ids (exact), the 3-D rotary positions of every prompt and completion
 token (exact), the positions the text decoder receives while generating (exact), the sampled frame
 indices, ``video_grid_thw`` / ``second_per_grid_ts`` (exact), pixel values (PIXEL_TOL), log-probs of a
@@ -37,8 +38,9 @@ REF_ENV = Path(os.environ.get("TEMPSAMP_REF_ENV", ROOT / ".venv-ref"))
 REF_SCRIPT = ROOT / "scripts" / "parity_reference.py"
 # The reference stack of each family: a folder of --target installs put first on PYTHONPATH
 # (Makefile, test-parity): transformers 4.51.3 + qwen-vl-utils 0.0.10 for Qwen2/2.5-VL (the
-# grounding models' training stack), transformers 4.57.1 + qwen-vl-utils 0.0.14 for Qwen3-VL.
-STACKS = {"qwen2_5_vl": "tf4.51", "qwen2_vl": "tf4.51", "qwen3_vl": "tf4.57"}
+# grounding models' training stack), transformers 4.57.1 + qwen-vl-utils 0.0.14 for Qwen3-VL,
+# transformers 5.5.4 + qwen-vl-utils 0.0.14 for Qwen3.5 (the TempSamp-R1 verl re-implementation's pins).
+STACKS = {"qwen2_5_vl": "tf4.51", "qwen2_vl": "tf4.51", "qwen3_vl": "tf4.57", "qwen3_5": "tf5.5"}
 FAMILIES = tuple(STACKS)
 CLIP_SECONDS = (10, 30, 60, 150)
 
@@ -113,13 +115,14 @@ QWEN3_EXTRA_TOKENS = ((151665, "<tool_response>"), (151666, "</tool_response>"),
 
 
 def _tokenizer_dir(parity_dir: Path, family: str) -> Path:
-    """The real Qwen2.5 vocabulary (tempsamp.models.tiny), plus Qwen3's added tokens for Qwen3-VL."""
+    """The real Qwen2.5 vocabulary (tempsamp.models.tiny), plus Qwen3's added tokens for Qwen3-VL;
+    Qwen3.5's own vocabulary for Qwen3.5."""
     from tokenizers import AddedToken
 
-    from tempsamp.models.tiny import CHAT_TEMPLATE, build_tokenizer
+    from tempsamp.models.tiny import CHAT_TEMPLATE, build_qwen35_tokenizer, build_tokenizer
 
     out = parity_dir / f"tokenizer-{family}"
-    tokenizer = build_tokenizer("real")
+    tokenizer = build_qwen35_tokenizer() if family == "qwen3_5" else build_tokenizer("real")
     if family == "qwen3_vl":
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for _, t in QWEN3_EXTRA_TOKENS])
         assert [tokenizer.convert_tokens_to_ids(t) for _, t in QWEN3_EXTRA_TOKENS] == [i for i, _ in QWEN3_EXTRA_TOKENS]
@@ -256,11 +259,25 @@ def test_checkpoint_gives_the_same_logits_in_both_stacks(reference, family):
     assert np.abs(logits - text_only["logits"]).max() <= TEXT_LOGIT_TOL
 
 
-def reference_inputs(ref) -> dict:
+def test_qwen3_5_checkpoint_as_its_stack_writes_it(reference):
+    """transformers 5.5.4 writes Qwen3.5's vision tower as model.language_model.visual.* (what checkpoints
+    fine-tuned on that stack hold); tempsamp reads it into the tower, weight for weight."""
+    from safetensors import safe_open
+
+    model_dir = reference("qwen3_5")[0]
+    with safe_open(Path(model_dir) / "model.safetensors", "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys() if ".visual." in k}
+    assert saved and all(k.startswith("model.language_model.visual.") for k in saved)
+    tower = _load(str(model_dir))[0].model.visual.state_dict()
+    assert {f"model.language_model.visual.{k}" for k in tower} == set(saved)
+    assert all(torch.equal(tower[k], saved[f"model.language_model.visual.{k}"]) for k in tower)
+
+
+def reference_inputs(ref, family: str) -> dict:
     """The reference's model inputs (prompt + fixed completion) as transformers 5.23 takes them."""
     ids = torch.as_tensor(ref["input_ids"])[None]
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-              "mm_token_type_ids": (ids == VIDEO_TOKEN_ID).long() * 2,  # 5.23: image 1, video 2
+              "mm_token_type_ids": (ids == VIDEO_TOKEN_IDS[family]).long() * 2,  # 5.23: image 1, video 2
               "pixel_values_videos": torch.as_tensor(ref["pixel_values_videos"]),
               "video_grid_thw": torch.as_tensor(ref["video_grid_thw"])}
     if "second_per_grid_ts" in ref:
@@ -268,7 +285,8 @@ def reference_inputs(ref) -> dict:
     return inputs
 
 
-VIDEO_TOKEN_ID = 151656
+# <|video_pad|>: Qwen2.5's vocabulary (Qwen2/2.5/3-VL), Qwen3.5's own.
+VIDEO_TOKEN_IDS = {"qwen2_5_vl": 151656, "qwen2_vl": 151656, "qwen3_vl": 151656, "qwen3_5": 248057}
 
 
 @pytest.mark.parametrize("family, seconds", CASES)
@@ -279,7 +297,7 @@ def test_model_agrees_given_the_reference_inputs(reference, family, seconds):
     model, _ = _load(str(model_dir))
     prompt_length = int(ref["prompt_length"])
     with torch.no_grad():
-        logits = model(**reference_inputs(ref), position_ids=torch.as_tensor(ref["positions"])[:, None, :],
+        logits = model(**reference_inputs(ref, family), position_ids=torch.as_tensor(ref["positions"])[:, None, :],
                        use_cache=False).logits[0, prompt_length - 1:-1].float()
     targets = torch.as_tensor(ref["completion_ids"])
     logprobs = (logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, -1)).numpy()
@@ -293,7 +311,7 @@ def test_positions_rule_on_the_reference_inputs(reference, family, seconds):
     ref = arrays[seconds]
     model, _ = _load(str(model_dir))
     with torch.no_grad():
-        positions = qwen_vl_module().rope_position_ids(model, reference_inputs(ref))[-3:, 0].numpy()
+        positions = qwen_vl_module().rope_position_ids(model, reference_inputs(ref, family))[-3:, 0].numpy()
     assert np.array_equal(positions, ref["positions"]), describe_positions(ref, {"positions": positions})
 
 

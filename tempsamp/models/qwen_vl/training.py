@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from tempsamp.errors import UserError
 from tempsamp.models.qwen_vl.families import family_of, unwrap
 from tempsamp.models.qwen_vl.positions import use_original_positions
 
@@ -37,7 +38,17 @@ def load_policy(
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = getattr(transformers, family.model_class).from_pretrained(path_or_hub_id, **kwargs)
+    if family.key_renames:
+        kwargs["key_mapping"] = dict(family.key_renames)
+    model, loading = getattr(transformers, family.model_class).from_pretrained(
+        path_or_hub_id, output_loading_info=True, **kwargs)
+    # transformers initialises missing weights at random and only prints a report; a policy with,
+    # say, a random vision tower still runs and its results mean nothing, so refuse it.
+    missing = sorted(loading["missing_keys"])
+    if missing:
+        raise UserError(f"{path_or_hub_id}: the checkpoint lacks {len(missing)} of the model's weights "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); it was written for "
+                        f"another layout or is incomplete")
     if device is not None:
         model.to(device)
     use_original_positions(model)
