@@ -706,3 +706,19 @@ def test_qwen35_vocabulary_equals_tiktoken_and_has_its_special_ids(tmp_path):
         text = random_text(rng)
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == reference.encode(
             normalize(text), allowed_special="all"), repr(text)
+
+
+def test_a_chat_template_with_a_thinking_switch_gets_it_off(policy):
+    """Qwen3.5's template has `enable_thinking`; tempsamp turns it off (the prompt mode decides whether
+    the model reasons), ending the generation prompt as the verl re-implementation's does."""
+    _, processor = policy
+    switch = "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    saved = processor.chat_template
+    try:
+        processor.chat_template = saved + switch
+        text = qwen_vl.chat_text(processor, "when?")
+        assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        processor.chat_template = saved  # the Qwen2.5-VL template has no switch: the same text as ever
+        assert qwen_vl.chat_text(processor, "when?").endswith("<|im_start|>assistant\n")
+    finally:
+        processor.chat_template = saved

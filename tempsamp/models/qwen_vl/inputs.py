@@ -23,6 +23,13 @@ def chat_messages(prompt_text: str, system_prompt: str | None = None, media: str
     return messages
 
 
+# The chat template's own thinking switch is off: whether the model reasons is the prompt mode's
+# choice (answer, or cot with its <think> format), and Qwen3.5's template, which has the switch, then
+# ends the generation prompt as the peers' training did (the verl re-implementation passes
+# enable_thinking=False). Templates without the switch (Qwen2/2.5/3-VL) ignore it.
+TEMPLATE_SWITCHES = {"enable_thinking": False}
+
+
 def chat_text(processor, prompt_text: str, system_prompt: str | None = None, video_first: bool = True) -> str:
     """The chat template's text for one video query, as the family's release-era processor expected it.
 
@@ -32,7 +39,7 @@ def chat_text(processor, prompt_text: str, system_prompt: str | None = None, vid
     pad gives 4.57's token sequence under 5.x.
     """
     text = processor.apply_chat_template(chat_messages(prompt_text, system_prompt, video_first=video_first),
-                                         tokenize=False, add_generation_prompt=True)
+                                         tokenize=False, add_generation_prompt=True, **TEMPLATE_SWITCHES)
     if writes_time_as_text(processor):
         text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
     return text
@@ -180,7 +187,8 @@ def build_image_prompt(processor, prompt_text: str, image: np.ndarray, *, device
     The training loop works on videos; this exists so that the same loop pieces (generate,
     group_batch, completion_logprobs) can be measured on the image prompts other trainers handle.
     """
-    text = processor.apply_chat_template(chat_messages(prompt_text, media="image"), tokenize=False, add_generation_prompt=True)
+    text = processor.apply_chat_template(chat_messages(prompt_text, media="image"), tokenize=False, add_generation_prompt=True,
+                                         **TEMPLATE_SWITCHES)
     inputs = processor(text=[text], images=[np.asarray(image)], return_tensors="pt")
     inputs = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
     if device is not None:
