@@ -637,3 +637,17 @@ def test_packed_groups_score_like_each_group_alone(tiny_small_vocab_model_dir):
     one = qwen_vl.groups_batch(prompts[:1], ids[:1], pad_id)
     for key, value in qwen_vl.group_batch(prompts[0], ids[0], pad_id).items():
         assert torch.equal(one[key], value) if torch.is_tensor(value) else one[key] == value, key
+
+
+def test_tiny_spec_fields_added_later_keep_the_cache_folders_of_existing_specs():
+    """A field added to TinySpec enters the cache folder's hash only when set: existing models keep their folder."""
+    from tempsamp.models.tiny import QWEN35_SPEC, QWEN35_VLLM_SPEC, TinySpec, build_config, build_tokenizer
+
+    assert TinySpec(linear_head_dim=16).digest() == TinySpec().digest()
+    assert QWEN35_VLLM_SPEC.digest() != QWEN35_SPEC.digest()
+    text = build_config(QWEN35_VLLM_SPEC, build_tokenizer("small")).text_config
+    assert (text.linear_key_head_dim, text.linear_value_head_dim) == (64, 64)
+    # what vLLM reads (transformers ties and interleaves through other settings)
+    assert text.tie_word_embeddings is True and text.rope_parameters["mrope_interleaved"] is True
+    qwen3_vl = build_config(TinySpec(family="qwen3_vl", vocab="small"), build_tokenizer("small")).text_config
+    assert qwen3_vl.rope_parameters["mrope_interleaved"] is True

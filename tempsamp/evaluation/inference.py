@@ -159,7 +159,9 @@ class VLLMGenerator:
     def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
         engine = self.engine
         params = engine.sampling_params(n=1, seed=0, logprobs=0)
-        requests = [engine.request(text, video.frames, video.fps) for text, video in zip(prompt_texts, videos)]
+        requests = [engine.request(text, video.frames, video.fps,
+                                   source_frames=video.source_frames() if hasattr(video, "source_frames") else None)
+                    for text, video in zip(prompt_texts, videos)]
         results = []
         for output in engine.llm.generate(requests, sampling_params=params, use_tqdm=False):
             completion = output.outputs[0]

