@@ -155,11 +155,9 @@ def video_payload(model_type: str, frames: np.ndarray, fps: float,
       them, else 0..T-1 at ``fps``. The processor's own resize stays, as in the transformers path.
     """
     frames = np.asarray(frames)
-    from tempsamp.models.qwen_vl.families import FAMILIES
-
-    if model_type not in FAMILIES:
-        raise ValueError(f"video_payload: model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
-    family = FAMILIES[model_type]
+    if model_type not in qwen_vl.FAMILIES:
+        raise ValueError(f"video_payload: model_type {model_type!r} is not supported; supported: {sorted(qwen_vl.FAMILIES)}")
+    family = qwen_vl.FAMILIES[model_type]
     indices, rate = list(range(len(frames))), float(fps)
     if family.time_as_text and source_frames is not None:
         indices, rate = [int(i) for i in source_frames[0]], float(source_frames[1])
@@ -207,7 +205,7 @@ def import_vllm():
     return vllm
 
 
-def allow_vllm_split_video_call(vllm) -> None:
+def allow_vllm_split_video_call() -> None:
     """Let vLLM 0.32's Qwen3-VL processor (Qwen3.5 shares it) run under transformers 5.23. Once per process.
 
     vLLM 0.32 (transformers 5.16.1-5.19 in its requirements; the project's venvs hold 5.23)
@@ -265,7 +263,7 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         self.vllm, self.processor, self.model_type = vllm, processor, model_type
         if qwen_vl.FAMILIES[model_type].time_as_text:
-            allow_vllm_split_video_call(vllm)
+            allow_vllm_split_video_call()
         self.video_first, self.system_prompt = True, None  # the chat layout (tempsamp.presets); set by the caller
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.stops = qwen_vl.stop_token_ids(processor)
