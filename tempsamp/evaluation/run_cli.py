@@ -218,6 +218,14 @@ def run_eval(args) -> int:
         except RuntimeError as err:
             raise UserError(str(err)) from None
     model, trained = resolve_model(args.model, _say)
+    if args.engine == "vllm":  # what vLLM's CPU kernels refuse, before any output is written
+        import torch
+
+        from tempsamp.evaluation.inference import vllm_dtype
+        from tempsamp.train.rollout_engine import check_cpu_support
+
+        if not torch.cuda.is_available():
+            check_cpu_support(model, vllm_dtype(model))
     settings = resolve_settings(args, trained, _say)
     examples = load_examples(args.annotations, args.dataset, durations=args.durations, videos=args.videos)
     if not examples:

