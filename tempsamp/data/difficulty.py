@@ -94,14 +94,20 @@ def sample_difficulty(model_path: str, examples: list[Example], out: str | Path,
                 readable = []
                 for ex in chunk:
                     try:
-                        frames = video.load(ex.video_path)
+                        frames = video.load(ex.video_path, factor=qwen_vl.frame_factor(processor))
                     except (FileNotFoundError, VideoDecodeError) as err:
                         lines.append({"qid": ex.qid, "mode": mode, "made": made_by(settings, ex, mode),
                                       "error": f"{type(err).__name__}: {err}"})
                         continue
-                    text = prompt_text(ex.query, mode, duration=ex.duration, task=ex.task)
-                    prompt = qwen_vl.build_prompt(processor, text, frames.frames, frames.fps, device=model.device)
-                    requests.append(RolloutRequest(prompt, frames.frames, frames.fps, text, samples, query_seed(seed, ex.qid)))
+                    # the prompt exactly as training builds it (tempsamp.train.loop.prepare_query)
+                    preset = video.preset
+                    text = prompt_text(ex.query, mode, duration=ex.duration, task=ex.task,
+                                       template=preset.template(mode, ex.task))
+                    prompt = qwen_vl.build_prompt(processor, text, frames.frames, frames.fps, system_prompt=preset.system_prompt,
+                                                  video_first=preset.video_first, device=model.device,
+                                                  source_frames=frames.source_frames())
+                    requests.append(RolloutRequest(prompt, frames.frames, frames.fps, text, samples, query_seed(seed, ex.qid),
+                                                   frames.source_frames()))
                     readable.append(ex)
                 for ex, sampled in zip(readable, sampler.sample_batch(requests) if requests else []):
                     ids, texts = sampled[0], sampled[1]  # (vLLM also returns its log-probs)

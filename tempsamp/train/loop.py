@@ -315,7 +315,7 @@ def prepare_query(cfg, processor, device, example, mode: str, seed: int, load_fr
     prompt = qwen_vl.build_prompt(processor, text, video.frames, video.fps, system_prompt=preset.system_prompt,
                                   video_first=preset.video_first, device=device, source_frames=video.source_frames())
     n_sampled = cfg.num_generations - (1 if cfg.uses_offpolicy else 0)
-    return RolloutRequest(prompt, video.frames, video.fps, text, n_sampled, seed)
+    return RolloutRequest(prompt, video.frames, video.fps, text, n_sampled, seed, video.source_frames())
 
 
 def rollout_step(cfg, engine, processor, examples, requests: list[RolloutRequest], mode: str) -> list[Group]:
