@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import kill_tree
 import torch
 
 from tempsamp.train import loop
@@ -116,21 +117,6 @@ def tempsamp_train(args: list[str], *, num_processes: int = 2, popen: bool = Fal
     if done.returncode != 0:  # the whole tail, unabridged: a crash in one process shows only there
         pytest.fail(f"exit {done.returncode}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-8000:]}", pytrace=False)
     return done
-
-
-def kill_tree(run: subprocess.Popen) -> None:
-    """SIGKILL a launcher and every process under it (torchrun's workers need not share its group)."""
-    import psutil
-
-    parent = psutil.Process(run.pid)
-    processes = [parent, *parent.children(recursive=True)]
-    for process in processes:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(processes, timeout=30)
-    run.wait()
 
 
 def assert_ran_as(run: Path, stdout: str, mode: str, world: int = 2) -> None:

@@ -82,7 +82,7 @@ def test_curation_branches_are_bitwise_the_baselines(tmp_path):
     """Tied groups dropped and refilled, solved queries passed over, the budget ending the run."""
     base, new = fp.compare_with(_baseline(), tmp_path, variant="curation")
     rows = new["metrics"]
-    assert 1 < len(rows) < 6, "the generation budget ends the run before its 6 scheduled steps"
+    assert len(rows) in range(2, 6), "the generation budget ends the run before its 6 scheduled steps"
     assert all(r["dynamic/dropped_groups"] > 0 for r in rows)
     assert sum(r["data/skipped_by_filter"] for r in rows) > 0
     assert fp.differences(base, new) == []

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import kill_tree
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache (else a share of the RAM)
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
@@ -577,23 +578,13 @@ def test_fsdp_run_killed_mid_run_resumes_to_the_uninterrupted_result(synth, fsdp
     import signal  # noqa: F401
     import time
 
-    import psutil
-
     full, _ = fsdp_run
     out = tmp_path / "stopped"
     run = train_2proc(synth, out, "distributed=fsdp", FAST, steps=3, popen=True)
     deadline = time.time() + 600
     while not (out / "checkpoint-1" / "state.json").exists() and run.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    parent = psutil.Process(run.pid)
-    processes = [parent, *parent.children(recursive=True)]
-    for process in processes:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(processes, timeout=30)
-    run.wait()
+    kill_tree(run)
     assert not (out / "final-model").exists(), "the run finished before it was stopped: nothing was tested"
     stdout = train_2proc(synth, out, "distributed=fsdp", FAST, "--resume", steps=3)
     resumed_at = int(stdout.split("resumed from")[1].split("at step")[1].split()[0])
