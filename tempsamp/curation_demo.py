@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tempsamp.demo import DEMO_THREADS, FRAME_PIXELS, FULL, METRICS, PREBUILT_START_MODEL, RL_LEARNING_RATE, SYNTH_KNOBS, log, metric_key, settings_digest
+from tempsamp.demo import (DEMO_THREADS, FRAME_PIXELS, FULL, DemoSize, METRICS, PREBUILT_START_MODEL, RL_LEARNING_RATE, SYNTH_KNOBS, log,
+                           metric_key, settings_digest, significance_rows)
 
 TEMPSAMP_STRATEGY = "anchor"  # the demo's best single off-policy strategy in its measured table (README, "The demo")
 DIFFICULTY_SAMPLES = 8  # as `data difficulty` by default (and TimeLens): a mean IoU over 8 samples
@@ -43,9 +44,10 @@ def arms(tempsamp_strategy: str) -> dict[str, dict]:
     }
 
 
-def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds: int = 3, rl_steps: int | None = None,
-                      eval_queries: int | None = None, tempsamp_strategy: str = TEMPSAMP_STRATEGY,
-                      n_videos: int | None = None, threads: int = DEMO_THREADS) -> Path:
+def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", size: DemoSize = FULL,
+                      tempsamp_strategy: str = TEMPSAMP_STRATEGY, threads: int = DEMO_THREADS) -> Path:
+    """The comparison at ``size`` (the demo's FULL: its data, start model, RL steps, seeds and held-out
+    queries; the tests run a very small one); returns the report folder."""
     from tempsamp.data.difficulty import sample_difficulty, summary
     from tempsamp.data.readers import load_examples
     from tempsamp.data.synth import synthesize
@@ -58,18 +60,16 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     from tempsamp.train.sft import SFTConfig, ensure_start_model
     from tempsamp.threads import set_threads
 
-    size = FULL
-    rl_steps = rl_steps or size.rl_steps
-    eval_queries = eval_queries or size.eval_queries
+    rl_steps, seeds = size.rl_steps, size.seeds
     out, work = Path(out_dir), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     threads = set_threads(threads)
     video = VideoSettings(min_pixels=FRAME_PIXELS, max_pixels=FRAME_PIXELS, total_pixels=FRAME_PIXELS * 128,
                           frame_cache=str(work / "frames"))
-    data = Path(synthesize(work / "synth", n=n_videos or size.n_videos, seed=0, **SYNTH_KNOBS))
+    data = Path(synthesize(work / "synth", n=size.n_videos, seed=0, **SYNTH_KNOBS))
     train_examples = load_examples(data / "train.jsonl", "jsonl")
-    test = load_examples(data / "test.jsonl", "jsonl")[:eval_queries]
+    test = load_examples(data / "test.jsonl", "jsonl")[:size.eval_queries]
     start = ensure_start_model(work / "start-model", data / "train.jsonl", SFTConfig(
         steps=size.sft_steps, **vars(video)), prebuilt=PREBUILT_START_MODEL)
 
@@ -82,8 +82,8 @@ def run_curation_demo(out_dir="demo-curation-out", work_dir=".cache/demo", seeds
     print(difficulty_summary, flush=True)
 
     # The budget: what plain GRPO's rl_steps would generate if every answer took the demo's answer
-    # length (21 tokens + stop); every arm stops when it has generated as much.
-    budget = rl_steps * size.queries_per_step * size.num_generations * 22
+    # length (21 tokens + stop, or max_new_tokens if fewer); every arm stops when it has generated as much.
+    budget = rl_steps * size.queries_per_step * size.num_generations * min(22, size.max_new_tokens)
     base = TrainConfig(
         model=str(start), train_annotations=str(data / "train.jsonl"), dataset="jsonl",
         num_generations=size.num_generations, max_new_tokens=size.max_new_tokens, queries_per_step=size.queries_per_step,
@@ -145,13 +145,7 @@ def report(results, significance, budget, difficulty_summary, minutes, seeds, n_
     lines += ["", "`tempsamp compare` (first minus second, paired bootstrap over queries and seeds, 10000 replicates; "
               f"bold: p < 0.05 alone; {n_tests} p-values, so one in twenty is expected by chance, and the Bonferroni "
               f"threshold for all {n_tests} together is {0.05 / n_tests:.4f}):", "",
-              "| comparison | mIoU diff [95% CI], p | R1@0.5 diff [95% CI], p |", "|---|---|---|"]
-    for entry in significance:
-        cells = []
-        for m in ("mIoU", "R1@0.5"):
-            r = entry["metrics"][m]
-            t = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.3f}"
-            cells.append(f"**{t}**" if r["significant"] else t)
-        lines.append(f"| {entry['pair'][0]} - {entry['pair'][1]} | " + " | ".join(cells) + " |")
+              "| comparison | mIoU diff [95% CI], p | R1@0.5 diff [95% CI], p |", "|---|---|---|",
+              *significance_rows(significance)]
     lines += ["", "Start model's difficulty over the training queries:", "", "```", difficulty_summary, "```", ""]
     return "\n".join(lines)

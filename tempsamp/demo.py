@@ -257,8 +257,6 @@ def _significant(significance: list, a: str, b: str, metric: str = "mIoU") -> bo
 
 def significance_lines(significance: list) -> list[str]:
     """The report's table of strategy differences (B - A, 95% interval, p) and how to read it."""
-    from tempsamp.evaluation.compare import p_text
-
     if not significance:
         return []
     first = significance[0]
@@ -268,14 +266,22 @@ def significance_lines(significance: list) -> list[str]:
              + (f" and the {first['seeds'][0]} seeds of each side" if max(first["seeds"]) > 1 else "")
              + " (10000 replicates); **bold** = the 95% interval excludes 0.", "",
              "| comparison | mIoU difference [95% interval], p | R1@0.5 difference [95% interval], p |", "|---|---|---|"]
+    return lines + significance_rows(significance) + [""]
+
+
+def significance_rows(significance: list[dict]) -> list[str]:
+    """One table row per compared pair: mIoU and R1@0.5 differences, 95% intervals and p (bold: significant)."""
+    from tempsamp.evaluation.compare import p_text
+
+    rows = []
     for entry in significance:
         cells = []
         for metric in ("mIoU", "R1@0.5"):
             r = entry["metrics"][metric]
             text = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], {p_text(r['p'])}"
             cells.append(f"**{text}**" if r["significant"] else text)
-        lines.append(f"| {entry['pair'][0]} - {entry['pair'][1]} | " + " | ".join(cells) + " |")
-    return lines + [""]
+        rows.append(f"| {entry['pair'][0]} - {entry['pair'][1]} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def write_report(out: Path, size: DemoSize, start: dict, runs: dict, curves: dict, best: str, cot_runs: list,

@@ -91,3 +91,38 @@ def test_report_states_which_strategy_differences_are_significant(tmp_path):
     assert "| shaping - anchor | +2.5 [" in report and "| reward_scaling - grpo | **+" in report
     assert "not every gap in the paper's order is significant" in report
     assert "| hybrid cot - hybrid answer | **-" in report and "| hybrid mixed - hybrid answer | +2.5 [" in report
+
+
+@pytest.mark.slow
+def test_curation_comparison_end_to_end_at_a_tiny_size(tmp_path):
+    """`tempsamp demo --compare-curation` at a very small size: every arm trains until the same
+    generation budget, the selected arms on the selected half, and the report has every arm and pair."""
+    from tempsamp.curation_demo import PAIRS, TEMPSAMP_STRATEGY, arms, run_curation_demo
+
+    size = DemoSize(n_videos=10, seeds=1, sft_steps=2, rl_steps=1, cot_steps=1, eval_queries=3,
+                    queries_per_step=2, num_generations=3, max_new_tokens=8, cot_max_new_tokens=8)
+    out = run_curation_demo(tmp_path / "report", work_dir=tmp_path / "work", size=size)
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == set(arms(TEMPSAMP_STRATEGY))
+    for name in arms(TEMPSAMP_STRATEGY):
+        assert f"| {name} |" in report
+        (run,) = results["results"][name]
+        assert run["tokens"] >= results["budget"] and run["steps"] >= 1  # each stopped by the budget
+    assert [entry["pair"] for entry in results["significance"]] == [list(pair) for pair in PAIRS]
+    assert all(0.0 <= entry["metrics"]["mIoU"]["p"] <= 1.0 for entry in results["significance"])
+    runs = {p.name.split("-seed")[0]: p for p in (tmp_path / "work" / "curation").iterdir() if "-seed" in p.name}
+    n_train = len(json.loads((runs["grpo"] / "selection.json").read_text())["qids"])
+    for name in ("grpo+selected", "tempsamp+selected"):
+        assert len(json.loads((runs[name] / "selection.json").read_text())["qids"]) == n_train // 2
+
+
+def test_compare_curation_flag_runs_the_comparison(monkeypatch, tmp_path):
+    import tempsamp.curation_demo as curation_demo
+    from tempsamp.cli import main
+
+    calls = []
+    monkeypatch.setattr(curation_demo, "run_curation_demo", lambda *a, **k: calls.append((a, k)))
+    assert main(["demo", "--compare-curation", "--out", str(tmp_path / "c"), "--threads", "2"]) == 0
+    (args, kwargs), = calls
+    assert args[0] == str(tmp_path / "c") and kwargs["threads"] == 2
