@@ -91,6 +91,45 @@ def test_difficulty_samples_k_answers_per_query_resumes_and_refuses_other_settin
     assert refused.returncode != 0 and "samples: 3 -> 5" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_difficulty_asks_exactly_what_training_asks(demo_data, tmp_path, monkeypatch):
+    """Under an input preset (its template, system prompt, text-before-video order and frames) the
+    difficulty samples come from the very prompt a training step would build for the query."""
+    import torch
+
+    from tempsamp.data.difficulty import sample_difficulty
+    from tempsamp.data.readers import load_examples
+    from tempsamp.models import qwen_vl
+    from tempsamp.train import loop, rollout_engine
+    from tempsamp.train.config import TrainConfig
+    from tempsamp.video.settings import VideoSettings
+
+    seen, real = [], rollout_engine.make_engine
+
+    def spying_engine(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        sample = engine.sample_batch
+        engine.sample_batch = lambda requests: seen.extend(requests) or sample(requests)
+        return engine
+
+    monkeypatch.setattr(rollout_engine, "make_engine", spying_engine)
+    examples = load_examples(demo_data / "train.jsonl", "jsonl")[:2]
+    video = VideoSettings(input_preset="videochat_r1")
+    video.validate_video()
+    sample_difficulty(str(START_MODEL), examples, tmp_path / "d.jsonl", samples=1, video=video, max_new_tokens=4,
+                      progress=False, say=lambda _: None)
+    cfg = TrainConfig(model=str(START_MODEL), input_preset="videochat_r1", num_generations=2)
+    cfg.validate_video()
+    _, processor = qwen_vl.load_policy(str(START_MODEL))
+    assert len(seen) == len(examples)
+    for request, example in zip(seen, examples):
+        training = loop.prepare_query(cfg, processor, "cpu", example, "answer", 0,
+                                      lambda ex: cfg.load(ex.video_path, factor=qwen_vl.frame_factor(processor)))
+        assert request.text == training.text and "<answer>" in request.text  # the preset's own template
+        assert torch.equal(request.prompt_inputs["input_ids"], training.prompt_inputs["input_ids"])
+        assert torch.equal(request.prompt_inputs["pixel_values_videos"], training.prompt_inputs["pixel_values_videos"])
+        assert request.source_frames == training.source_frames
+
+
 # ---------------------------------------------------------------- selections
 
 
